@@ -1,0 +1,1 @@
+"""Video data: toy video synthesis, webdataset shard writing and reading, decord decoding."""

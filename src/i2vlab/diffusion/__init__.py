@@ -1,0 +1,1 @@
+"""Noise schedules, training targets, losses and guidance shared by the methods."""

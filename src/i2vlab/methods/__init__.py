@@ -1,0 +1,1 @@
+"""One LightningModule per method, on the shared :class:`~i2vlab.methods.base.VideoDiffusionModule`."""

@@ -1,0 +1,479 @@
+"""The shared diffusion core that every method extends.
+
+What lives here (and nowhere else): frozen VAE encoding/decoding per frame in chunks, frozen text
+encoding with caption dropout, noise and targets through diffusers schedulers, the masked MSE
+loss, selection of trainable parameters by name patterns, AdamW (fused where available) with a
+diffusers LR schedule and warm-up, optional EMA (diffusers ``EMAModel``) of the trainable
+parameters, per-step seeds, lean checkpoints (trainable weights + optimizer + EMA + RNG, frozen
+weights only for random-init backbones), validation loss at fixed stratified timesteps and
+fixed-seed validation samples written as mp4.
+
+A method overrides a few hooks (see "method hooks" below): ``prepare_conditions``,
+``prepare_noisy``, ``denoise``, ``loss_mask`` and ``sample``; or ``compute_loss`` wholesale when
+its objective differs (e.g. EDM for SVD).
+
+Tensor layouts: ``video`` b f c h w in [-1, 1]; ``latents`` b c f h w (diffusers video UNets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from i2vlab.diffusion.schedules import stratified_timesteps, training_target
+from i2vlab.utils.params import parameter_report, select_trainable, trainable_state_dict
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _plain(x: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, (DictConfig, ListConfig)) else x
+
+
+class VideoDiffusionModule(pl.LightningModule):
+    """Base LightningModule for latent video diffusion training.
+
+    Args:
+        unet: the denoiser (diffusers model).
+        vae: frozen image VAE (``AutoencoderKL``-like, ``encode(x).latent_dist`` / ``decode(z).sample``).
+        text_encoder, tokenizer: frozen text encoder (``last_hidden_state`` used) and its tokenizer; optional.
+        noise_scheduler: diffusers training scheduler (``DDPMScheduler``); optional for EDM methods.
+        trainable: full-match regexes over ``named_parameters()`` of this module; all else is frozen.
+        optimizer: ``lr``, ``betas``, ``weight_decay``, ``eps``, ``scheduler`` (diffusers name),
+            ``warmup_steps``, ``fused`` (``auto``/bool).
+        ema: ``None`` or ``{decay, use_for_validation, export}``.
+        vae_chunk_size: frames per VAE call.
+        gradient_checkpointing: turn on the UNet's gradient checkpointing.
+        frozen_dtype: dtype of fully frozen modules (``fp32``/``bf16``/``fp16``).
+        text_dropout: probability of replacing a caption by "" during training (CFG).
+        checkpoint_frozen: also store frozen weights in checkpoints (needed for random-init backbones).
+        validation: ``{num_timesteps, num_samples, sample_steps, sample_dir, guidance_scale}``.
+        sampling: default keyword arguments for :meth:`sample`.
+        seed: base of the per-step seeds.
+    """
+
+    #: modules that are never trained and can be cast to ``frozen_dtype``
+    frozen_modules: tuple[str, ...] = ("vae", "text_encoder")
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        tokenizer: Any = None,
+        noise_scheduler: Any = None,
+        trainable: Sequence[str] = (),
+        optimizer: Mapping[str, Any] | None = None,
+        ema: Mapping[str, Any] | None = None,
+        vae_chunk_size: int = 8,
+        gradient_checkpointing: bool = False,
+        frozen_dtype: str = "fp32",
+        text_dropout: float = 0.0,
+        checkpoint_frozen: bool = False,
+        validation: Mapping[str, Any] | None = None,
+        sampling: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
+        self.trainable_patterns = list(_plain(trainable) or [])
+        self.optimizer_cfg = dict(_plain(optimizer) or {})
+        self.ema_cfg = dict(_plain(ema) or {}) if ema else None
+        self.vae_chunk_size = int(vae_chunk_size)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.frozen_dtype = DTYPES[frozen_dtype]
+        self.text_dropout = float(text_dropout)
+        self.checkpoint_frozen = checkpoint_frozen
+        self.strict_loading = checkpoint_frozen
+        self.validation_cfg = {"num_timesteps": 10, "num_samples": 0, "sample_steps": 10, "sample_dir": None,
+                               **dict(_plain(validation) or {})}
+        self.sampling_cfg = dict(_plain(sampling) or {})
+        self.seed = int(seed)
+        self.ema = None
+        self._trainable_names: list[str] | None = None
+        self._val_inputs: dict[str, Any] | None = None
+        self._val_losses: list[torch.Tensor] = []
+        self._empty_prompt: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # trainable selection, parameter report
+    # ------------------------------------------------------------------------------------------
+    def configure_trainable(self) -> list[str]:
+        """Apply ``trainable`` patterns (idempotent); frozen submodules go to eval mode."""
+        if self._trainable_names is None:
+            if not self.trainable_patterns:
+                raise ValueError("method.trainable is empty: name the parameters this method trains")
+            self._trainable_names = select_trainable(self, self.trainable_patterns)
+            for name in self.frozen_modules:
+                m = getattr(self, name, None)
+                if isinstance(m, nn.Module):
+                    m.eval()
+            if self.gradient_checkpointing and hasattr(self.unet, "enable_gradient_checkpointing"):
+                self.unet.enable_gradient_checkpointing()
+        return self._trainable_names
+
+    def parameter_report(self) -> str:
+        self.configure_trainable()
+        return parameter_report(self)[0]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        self.configure_trainable()
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> VideoDiffusionModule:
+        super().train(mode)
+        for name in self.frozen_modules:  # frozen encoders stay in eval mode (no dropout)
+            m = getattr(self, name, None)
+            if isinstance(m, nn.Module):
+                m.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        self.configure_trainable()
+        for name in self.frozen_modules:
+            m = getattr(self, name, None)
+            if isinstance(m, nn.Module) and not any(p.requires_grad for p in m.parameters()):
+                m.to(self.frozen_dtype)
+        if self.ema_cfg and self.ema is None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.trainable_parameters(), decay=float(self.ema_cfg.get("decay", 0.9999)),
+                                use_ema_warmup=bool(self.ema_cfg.get("warmup", False)))
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    # ------------------------------------------------------------------------------------------
+    # frozen encoders
+    # ------------------------------------------------------------------------------------------
+    @property
+    def latent_scale(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(b f c h w) in [-1, 1] -> scaled latents (b c f h w), VAE run on ``vae_chunk_size`` frames at a time."""
+        b = video.shape[0]
+        frames = rearrange(video, "b f c h w -> (b f) c h w").to(self.vae.dtype)
+        out = []
+        for chunk in frames.split(self.vae_chunk_size):
+            dist = self.vae.encode(chunk).latent_dist
+            out.append(dist.sample(generator=generator) if generator is not None else dist.mode())
+        lat = torch.cat(out).float() * self.latent_scale
+        return rearrange(lat, "(b f) c h w -> b c f h w", b=b)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(b c h w) in [-1, 1] -> scaled latents (b c h w)."""
+        return self.encode_video(image[:, None], generator)[:, :, 0]
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (b c f h w) -> video (b f c h w) in [-1, 1]."""
+        b = latents.shape[0]
+        z = rearrange(latents, "b c f h w -> (b f) c h w") / self.latent_scale
+        frames = torch.cat([self.vae.decode(c.to(self.vae.dtype)).sample.float() for c in z.split(self.vae_chunk_size)])
+        return rearrange(frames, "(b f) c h w -> b f c h w", b=b).clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Captions -> text encoder ``last_hidden_state`` (b, L, d)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise RuntimeError(f"{type(self).__name__} has no text encoder/tokenizer configured")
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].float()
+
+    def drop_captions(self, captions: Sequence[str], generator: torch.Generator, p: float | None = None) -> list[str]:
+        p = self.text_dropout if p is None else p
+        if p <= 0:
+            return list(captions)
+        r = torch.rand(len(captions), generator=generator, device=generator.device).tolist()
+        return ["" if ri < p else c for ri, c in zip(r, captions)]
+
+    # ------------------------------------------------------------------------------------------
+    # method hooks
+    # ------------------------------------------------------------------------------------------
+    def prepare_conditions(self, batch: Mapping[str, Any], latents: torch.Tensor, generator: torch.Generator,
+                           train: bool = True) -> dict[str, Any]:
+        """Conditioning for :meth:`denoise` (default: text embeddings of the captions)."""
+        captions = self.drop_captions(batch["caption"], generator) if train else list(batch["caption"])
+        return {"encoder_hidden_states": self.encode_prompt(captions)}
+
+    def prepare_noisy(self, noisy: torch.Tensor, latents: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+        """Last change to the noisy latents before the denoiser (default: none)."""
+        return noisy
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_mask(self, latents: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor | None:
+        """Per-frame loss weights (b, f), or ``None`` for all frames."""
+        return None
+
+    def sample(self, prompts: Sequence[str], images: torch.Tensor | None = None, num_frames: int | None = None,
+               seed: int = 0, **kwargs: Any) -> torch.Tensor:
+        """Generate videos (b f c h w in [-1, 1]). Implemented by each method."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------
+    # loss
+    # ------------------------------------------------------------------------------------------
+    def step_generator(self, salt: int = 0) -> torch.Generator:
+        """A generator seeded by (seed, global step, rank, salt): a resumed run draws the same noise."""
+        key = f"{self.seed}-{self.global_step}-{self.global_rank}-{salt}".encode()
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        return g
+
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        T = self.noise_scheduler.config.num_train_timesteps
+        return torch.randint(0, T, (n,), generator=generator, device=self.device).long()
+
+    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator,
+                     timesteps: torch.Tensor | None = None, train: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Noise-prediction loss. Returns (per-sample loss (b,), extra logs)."""
+        latents = self.encode_video(batch["video"], generator)
+        cond = self.prepare_conditions(batch, latents, generator, train=train)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        t = self.sample_timesteps(latents.shape[0], generator) if timesteps is None else timesteps
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        noisy = self.prepare_noisy(noisy, latents, cond)
+        pred = self.denoise(noisy, t, cond).float()
+        target = training_target(self.noise_scheduler, latents, noise, t).float()
+        return self.masked_mse(pred, target, self.loss_mask(latents, cond)), {}
+
+    @staticmethod
+    def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """MSE per sample over (c, f, h, w); ``mask`` (b, f) weights frames. Returns (b,)."""
+        err = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 3, 4))  # (b, f)
+        if mask is None:
+            return err.mean(dim=1)
+        mask = mask.to(err.dtype)
+        return (err * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+
+    # ------------------------------------------------------------------------------------------
+    # Lightning loop
+    # ------------------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, logs = self.compute_loss(batch, self.step_generator())
+        loss = loss.mean()
+        b = batch["video"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, batch_size=b)
+        for k in ("skipped_corrupt", "skipped_short"):
+            if k in batch:
+                self.log(f"data/{k}", float(batch[k].max()), batch_size=b, reduce_fx="max")
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.step(self.trainable_parameters())
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        n = int(self.validation_cfg["num_timesteps"])
+        b = batch["video"].shape[0]
+        ts = stratified_timesteps(n, self.noise_scheduler.config.num_train_timesteps if self.noise_scheduler else 1000)
+        losses = []
+        for i, t in enumerate(ts.tolist()):
+            g = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + batch_idx * 97 + i)
+            tt = torch.full((b,), t, device=self.device, dtype=torch.long)
+            loss, _ = self.compute_loss(batch, g, timesteps=tt, train=False)
+            losses.append(loss.detach())
+        self._val_losses.append(torch.stack(losses, dim=1))  # (b, n)
+        if batch_idx == 0 and self._val_inputs is None:
+            k = int(self.validation_cfg["num_samples"])
+            self._val_inputs = {"prompts": list(batch["caption"][:k]), "images": batch["video"][:k, 0].detach(),
+                                "num_frames": batch["video"].shape[1]}
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_losses, self._val_inputs = [], None
+        if self.ema is not None and self.ema_cfg.get("use_for_validation", True):
+            self.ema.store(self.trainable_parameters())
+            self.ema.copy_to(self.trainable_parameters())
+
+    def on_validation_epoch_end(self) -> None:
+        try:
+            if self._val_losses:
+                per_t = torch.cat(self._val_losses).mean(dim=0)
+                self.log("val/loss", per_t.mean(), sync_dist=True)
+                for i, v in enumerate(per_t):
+                    self.log(f"val/loss_stratum{i:02d}", v, sync_dist=True)
+            if self._val_inputs and self.validation_cfg["num_samples"] > 0 and not self.trainer.sanity_checking:
+                self._write_validation_samples()
+        finally:
+            if self.ema is not None and self.ema_cfg.get("use_for_validation", True):
+                self.ema.restore(self.trainable_parameters())
+
+    @torch.no_grad()
+    def _write_validation_samples(self) -> None:
+        if self.global_rank != 0:
+            return
+        from i2vlab.utils.video_io import write_video
+
+        inp = self._val_inputs
+        videos = self.sample(inp["prompts"], images=inp["images"], num_frames=inp["num_frames"], seed=self.seed,
+                             num_inference_steps=int(self.validation_cfg["sample_steps"]))
+        root = Path(self.validation_cfg["sample_dir"] or Path(self.trainer.default_root_dir) / "samples")
+        paths = [write_video(root / f"step{self.global_step:07d}_{i}.mp4", v) for i, v in enumerate(videos)]
+        log.info("validation samples written to %s", root)
+        for logger in self.loggers:
+            _log_videos(logger, paths, videos, inp["prompts"], self.global_step)
+
+    # ------------------------------------------------------------------------------------------
+    # optimisation
+    # ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        from diffusers.optimization import get_scheduler
+
+        params = self.trainable_parameters()
+        cfg = {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8, "scheduler": "constant_with_warmup",
+               "warmup_steps": 0, "fused": "auto", **self.optimizer_cfg}
+        fused = cfg["fused"]
+        if fused == "auto":
+            fused = all(p.is_cuda for p in params)
+        opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
+                                weight_decay=float(cfg["weight_decay"]), eps=float(cfg["eps"]), fused=bool(fused))
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        sched = get_scheduler(cfg["scheduler"], opt, num_warmup_steps=int(cfg["warmup_steps"]), num_training_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.checkpoint_frozen:
+            keep = set(self.configure_trainable())
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["i2vlab"] = {"trainable": list(self.configure_trainable()), "checkpoint_frozen": self.checkpoint_frozen}
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["rng"] = {
+            "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        names = set(self.configure_trainable())
+        missing = names - set(checkpoint.get("state_dict", {}))
+        if missing:
+            raise RuntimeError(
+                f"checkpoint lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}): it was written "
+                "by a different method/trainable config"
+            )
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+        rng = checkpoint.get("rng")
+        if rng:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def export_trainable(self, path: str | Path, config: Any = None, use_ema: bool = False) -> Path:
+        """Write only the trainable weights as safetensors (and ``config.yaml`` beside it)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if use_ema and self.ema is not None:
+            self.ema.store(self.trainable_parameters())
+            self.ema.copy_to(self.trainable_parameters())
+        try:
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in trainable_state_dict(self).items()}
+        finally:
+            if use_ema and self.ema is not None:
+                self.ema.restore(self.trainable_parameters())
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "method": type(self).__name__})
+        tmp.replace(path)
+        if config is not None:
+            from omegaconf import OmegaConf
+
+            OmegaConf.save(config, path.parent / "config.yaml")
+        return path
+
+    def init_from(self, path: str | Path) -> list[str]:
+        """Initialise from a previous run (export or checkpoint): every matching tensor is copied."""
+        return load_matching(self, path)
+
+    def load_trainable(self, path: str | Path, strict: bool = True) -> list[str]:
+        """Load an :meth:`export_trainable` file into this module. Returns the loaded names."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        names = set(self.configure_trainable())
+        if strict and set(tensors) != names:
+            extra, missing = sorted(set(tensors) - names)[:3], sorted(names - set(tensors))[:3]
+            raise RuntimeError(f"{path}: trainable weights do not match this model (extra {extra}, missing {missing})")
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for k, v in tensors.items():
+                if k not in own:
+                    raise KeyError(f"{path}: unknown parameter {k}")
+                own[k].copy_(v.to(own[k].dtype))
+        return sorted(tensors)
+
+
+def _log_videos(logger: Any, paths: list[Path], videos: torch.Tensor, captions: list[str], step: int) -> None:
+    """Send validation videos to wandb / TensorBoard (CSV loggers keep the files only)."""
+    name = type(logger).__name__
+    try:
+        if name == "WandbLogger":
+            logger.log_video("val/samples", videos=[str(p) for p in paths], step=step, caption=captions)
+        elif name == "TensorBoardLogger":
+            frames = ((videos.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)  # b f c h w
+            strip = rearrange(frames, "b f c h w -> c (b h) (f w)")
+            logger.experiment.add_image("val/samples", strip, global_step=step)
+    except Exception as e:  # logging media must never stop training
+        log.warning("could not log validation videos to %s: %s", name, e)
+
+
+def _load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {path} does not exist (an export .safetensors or a .ckpt)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    return ckpt.get("state_dict", ckpt)
+
+
+def load_matching(module: nn.Module, path: str | Path) -> list[str]:
+    """Copy every tensor of ``path`` whose name and shape match a parameter of ``module`` (e.g. the
+    previous training stage's export). Returns the names loaded; fails if none matched."""
+    tensors = _load_weights_file(path)
+    own = dict(module.named_parameters())
+    loaded = []
+    with torch.no_grad():
+        for k, v in tensors.items():
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v.to(own[k].dtype))
+                loaded.append(k)
+    if not loaded:
+        raise RuntimeError(f"init_from: no tensor in {path} matches this model's parameters")
+    return loaded
+

@@ -1,0 +1,111 @@
+"""Building components from a pretrained path / hub id, or from an architecture config.
+
+Every component in ``conf/backbone/*.yaml`` goes through :func:`load_or_build`:
+
+- ``pretrained`` set: ``cls.from_pretrained(pretrained, subfolder=...)``. A missing local path fails
+  at once with a message naming the config key (``name``) and where such weights are published.
+- ``pretrained`` null: ``cls(**config)`` (random init; the tiny test configs).
+- inside :func:`build_on_meta`: ``cls(**config)`` on the meta device, whatever ``pretrained`` says, so
+  full-size parameter reports need neither weights nor memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_META = contextvars.ContextVar("i2vlab_build_on_meta", default=False)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Raised when a configured weights path does not exist or cannot be loaded."""
+
+
+@contextlib.contextmanager
+def build_on_meta() -> Iterator[None]:
+    """Within this context, builders construct architectures on the meta device (no weights)."""
+    token = _META.set(True)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        _META.reset(token)
+
+
+def on_meta() -> bool:
+    return _META.get()
+
+
+def import_object(path: str | type) -> Any:
+    if not isinstance(path, str):
+        return path
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def looks_like_local_path(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~")) or os.sep in s.strip("/").split("/", 2)[-1] or Path(s).exists()
+
+
+def check_weights(pretrained: str, name: str, published: str | None = None) -> None:
+    """Fail early if ``pretrained`` is meant as a local path but is missing."""
+    if looks_like_local_path(pretrained) and not Path(pretrained).expanduser().exists():
+        where = f" Published weights: {published}." if published else ""
+        raise WeightsNotFoundError(
+            f"{name}: weights path {pretrained!r} does not exist. Set `{name}.pretrained=<local dir or hub id>` "
+            f"(or `pretrained=null` for random init from the config, tests only).{where}"
+        )
+
+
+def to_plain(config: Any) -> Any:
+    """OmegaConf containers -> plain python (lists/tuples for diffusers configs)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(config, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(config, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return config
+
+
+def load_or_build(
+    cls: str | type,
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    pretrained: str | None = None,
+    subfolder: str | None = None,
+    published: str | None = None,
+    config_class: str | type | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Instantiate ``cls`` from weights or from ``config`` (see module docstring).
+
+    ``config_class`` is for transformers models, whose constructor takes a config object
+    (``transformers.CLIPTextConfig`` etc.) rather than keyword arguments.
+    """
+    klass = import_object(cls)
+    config = dict(to_plain(config) or {})
+    if on_meta() or pretrained is None:
+        if not config and pretrained is None:
+            raise ValueError(f"{name}: give either `pretrained` (weights) or `config` (architecture)")
+        if config_class is not None:
+            return klass(import_object(config_class)(**config))
+        return klass(**config)
+    check_weights(pretrained, name, published)
+    sub = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return klass.from_pretrained(pretrained, **sub, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        where = f" Published weights: {published}." if published else ""
+        raise WeightsNotFoundError(
+            f"{name}: could not load {klass.__name__} from {pretrained!r}{f' (subfolder {subfolder!r})' if subfolder else ''}: {e}. "
+            f"Point `{name}.pretrained` at a local copy; this machine may not reach the hub.{where}"
+        ) from e

@@ -1,0 +1,1 @@
+"""Inference: prompt (+ image(s)) -> video, one pipeline per method."""

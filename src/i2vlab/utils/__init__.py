@@ -1,0 +1,1 @@
+"""Small shared utilities: video I/O, parameter reports, run metadata."""

@@ -1,0 +1,34 @@
+"""Hydra/OmegaConf helpers: resolvers, run metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def run_id(path: str) -> str:
+    """A stable id for a run directory (used as the wandb run id, so resumes continue the run)."""
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id)
+
+
+def git_revision(root: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        rev = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root or Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+register_resolvers()

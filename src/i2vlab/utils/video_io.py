@@ -1,0 +1,175 @@
+"""Reading and writing videos.
+
+Decoding uses decord (only the requested frames are decoded); encoding uses PyAV (H.264 when
+the linked FFmpeg has libx264, else MPEG-4 Part 2). Tensors follow the layouts named below:
+
+- ``f c h w`` float in [-1, 1]  ("model" layout, one video)
+- ``f h w c`` uint8               ("numpy" layout, what codecs read and write)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+
+
+def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Convert ``f c h w`` in [-1, 1] (torch) or ``f h w c`` uint8 (numpy) to ``f h w c`` uint8."""
+    if isinstance(video, np.ndarray):
+        if video.dtype != np.uint8:
+            raise TypeError(f"numpy frames must be uint8 (f h w c), got {video.dtype}")
+        return video
+    if video.ndim != 4:
+        raise ValueError(f"expected one video with layout (f c h w), got shape {tuple(video.shape)}")
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8_frames(frames: np.ndarray) -> torch.Tensor:
+    """``f h w c`` uint8 -> ``f c h w`` float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _pick_codec() -> str:
+    import av
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def encode_mp4(video: torch.Tensor | np.ndarray, fps: float = 8.0, crf: int = 18) -> bytes:
+    """Encode one video to mp4 bytes. Width and height are padded to even numbers if needed."""
+    import av
+
+    frames = to_uint8_frames(video)
+    f, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        h, w = h + h % 2, w + w % 2
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        codec = _pick_codec()
+        stream = container.add_stream(codec, rate=_fps_fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        else:
+            stream.bit_rate = 8_000_000
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def _fps_fraction(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)
+
+
+def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float = 8.0) -> Path:
+    """Write one video as ``.mp4`` or ``.gif`` (chosen by suffix), atomically. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        frames = [Image.fromarray(f) for f in to_uint8_frames(video)]
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    else:
+        tmp.write_bytes(encode_mp4(video, fps=fps))
+    os.replace(tmp, path)
+    return path
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be opened or decoded (corrupt, truncated or empty)."""
+
+
+def open_video(source: str | os.PathLike | bytes, width: int = -1, height: int = -1):
+    """Open a decord ``VideoReader`` on a path or on in-memory bytes. Create it inside the worker
+    process that uses it (decord readers must not cross a fork)."""
+    import decord
+
+    try:
+        src = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+        reader = decord.VideoReader(src, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+        if len(reader) == 0:
+            raise VideoDecodeError("video has no frames")
+        return reader
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # decord raises DECORDError / RuntimeError on bad input
+        raise VideoDecodeError(f"cannot open video: {e}") from e
+
+
+def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
+    """Decode only ``indices`` from an open reader -> ``f h w c`` uint8."""
+    try:
+        return reader.get_batch(list(indices)).asnumpy()
+    except Exception as e:
+        raise VideoDecodeError(f"cannot decode frames {list(indices)[:4]}...: {e}") from e
+
+
+def read_video(path: str | os.PathLike | bytes, indices: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+    """Decode a whole video (or ``indices``) from a file, a frame folder or bytes.
+
+    Returns ``(frames f h w c uint8, fps)``. GIFs and folders of images are read with Pillow.
+    """
+    if not isinstance(path, (bytes, bytearray)):
+        p = Path(path)
+        if p.is_dir():
+            return _read_frame_folder(p, indices), 8.0
+        if p.suffix.lower() == ".gif":
+            return _read_gif(p, indices)
+    reader = open_video(path)
+    idx = list(range(len(reader))) if indices is None else list(indices)
+    return read_frames(reader, idx), float(reader.get_avg_fps())
+
+
+def _read_frame_folder(folder: Path, indices: Sequence[int] | None) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise VideoDecodeError(f"no image frames in {folder}")
+    if indices is not None:
+        files = [files[i] for i in indices]
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+
+
+def _read_gif(path: Path, indices: Sequence[int] | None) -> tuple[np.ndarray, float]:
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(path) as im:
+            duration = im.info.get("duration", 125) or 125
+            frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+    except Exception as e:
+        raise VideoDecodeError(f"cannot read gif {path}: {e}") from e
+    arr = np.stack(frames)
+    if indices is not None:
+        arr = arr[list(indices)]
+    return arr, 1000.0 / duration
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Load an RGB image as ``c h w`` float in [-1, 1]; ``size=(h, w)`` resizes and centre-crops."""
+    from PIL import Image
+
+    img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+    img = img.float().div(127.5).sub(1.0)
+    if size is not None:
+        from i2vlab.data.transforms import resize_center_crop
+
+        img = resize_center_crop(img[None], size)[0]
+    return img
