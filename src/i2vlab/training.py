@@ -48,11 +48,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
     print(OmegaConf.to_yaml(cfg, resolve=False))
-    pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    pl.seed_everything(cfg.seed, workers=True)  # random-init parts depend on it: seed right before building
     model = instantiate_model(cfg)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     if cfg.get("init_from"):
         loaded = model.init_from(cfg.init_from)
         log.info("initialised %d tensors from %s", len(loaded), cfg.init_from)

@@ -290,14 +290,17 @@ class VideoDiffusionModule(pl.LightningModule):
         if self.ema is not None:
             self.ema.step(self.trainable_parameters())
 
+    def validation_timesteps(self, n: int) -> torch.Tensor:
+        """The fixed noise levels of the validation loss (EDM methods return sigmas instead)."""
+        return stratified_timesteps(n, self.noise_scheduler.config.num_train_timesteps)
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        n = int(self.validation_cfg["num_timesteps"])
         b = batch["video"].shape[0]
-        ts = stratified_timesteps(n, self.noise_scheduler.config.num_train_timesteps if self.noise_scheduler else 1000)
+        ts = self.validation_timesteps(int(self.validation_cfg["num_timesteps"]))
         losses = []
         for i, t in enumerate(ts.tolist()):
             g = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + batch_idx * 97 + i)
-            tt = torch.full((b,), t, device=self.device, dtype=torch.long)
+            tt = torch.full((b,), t, device=self.device, dtype=ts.dtype)
             loss, _ = self.compute_loss(batch, g, timesteps=tt, train=False)
             losses.append(loss.detach())
         self._val_losses.append(torch.stack(losses, dim=1))  # (b, n)
