@@ -1,0 +1,190 @@
+"""Result files: results.json, results.md (laid out like the paper's table), per_video.csv, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+
+LABELS = {
+    "fvd": "FVD↓", "kvd": "KVD↓", "fid": "FID↓", "pic": "PIC↑", "clip_temp": "CLIPTemp↑",
+    "clip_first_frame": "CLIP first-frame↑", "clip_image": "CLIP image-frame↑", "clip_text": "CLIP-SIM↑",
+    "flow_score": "FlowScore↑", "warping_error": "WarpingError↓", "lpips": "LPIPS↓", "psnr": "PSNR↑",
+    "ssim": "SSIM↑", "dover": "DoverVQA↑",
+}  # fmt: skip
+
+
+def git_revision() -> str | None:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return (rev + ("-dirty" if dirty else "")) or None
+    except Exception:
+        return None
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if v != 0 and abs(v) < 10**-digits:
+            return f"{v:.2e}"
+        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.1f}"
+    return str(v)
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def render_markdown(results: dict) -> str:
+    p = results.get("protocol") or {}
+    cols = p.get("columns") or [{"metric": m} for m in results["metrics"]]
+    lines = [f"# Evaluation: {results['name']}", ""]
+    if p.get("paper"):
+        lines += [f"Protocol: **{p.get('title', results['name'])}** — {p['paper']}", ""]
+    if not results["comparable"]:
+        lines += [
+            "> **NOT COMPARABLE** to published numbers: random-init extractor weights were used "
+            "(allow_random_weights=true). Use these numbers only as a smoke test.",
+            "",
+        ]
+    header = ["Method"] + [c.get("label") or LABELS.get(c["metric"], c["metric"]) for c in cols]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    pub = p.get("published") or {}
+    for row_name, vals in (pub.get("rows") or {}).items():
+        lines.append(
+            "| " + " | ".join([row_name] + [_fmt((vals or {}).get(c["metric"])) for c in cols]) + " |"
+        )
+    ours = []
+    for c in cols:
+        v = results["metrics"].get(c["metric"], {})
+        ours.append("not computed" if v.get("value") is None else _fmt(v["value"]))
+    tag = "i2vlab (ours)" + ("" if results["comparable"] else " [not comparable]")
+    lines.append("| " + " | ".join([f"**{tag}**"] + ours) + " |")
+    lines.append("")
+    if pub.get("source"):
+        lines += [f"Published numbers: {pub['source']}", ""]
+    if pub.get("note"):
+        lines += [f"Note: {pub['note']}", ""]
+    if results["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    n = results["n"]
+    lines += [
+        "## Samples",
+        "",
+        f"- generated scored: {n['generated_scored']} of {n['generated_listed']}",
+        f"- real scored: {n['real_scored']} of {n['real_listed']}",
+        f"- skipped: {json.dumps(n['skipped'])}",
+        "",
+    ]
+    cl = results["clip"]
+    lines += [
+        "## Clip protocol",
+        "",
+        f"- frames: {cl['num_frames']}, generated stride {cl['frame_stride']}, "
+        f"real stride {cl['real_frame_stride']}, start {cl['start_frame']}",
+        f"- resolution: {cl['resolution']} ({cl['resize']}), values {cl['value_range']}",
+        f"- condition images: {results.get('condition_image_sources')}",
+        "",
+    ]
+    lines += ["## Metric details", "", "| metric | value | details |", "|---|---|---|"]
+    for m, v in results["metrics"].items():
+        det = {k: x for k, x in v.items() if k != "value"}
+        lines.append(f"| {m} | {_fmt(v.get('value'))} | {json.dumps(det)} |")
+    lines += [
+        "",
+        "## Extractors",
+        "",
+        "| name | weights | sha256[:16] | comparable | settings |",
+        "|---|---|---|---|---|",
+    ]
+    for k, e in results["extractors"].items():
+        rest = {a: b for a, b in e.items() if a not in ("name", "weights", "weights_hash", "comparable")}
+        lines.append(
+            f"| {k} | {e['weights']} | {e['weights_hash']} | {e['comparable']} | {json.dumps(rest)} |"
+        )
+    lines += [
+        "",
+        f"git revision: `{results.get('git_revision')}`, world size {results.get('world_size')}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_plots(curves: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    groups = {
+        "per_frame_consistency.png": (
+            ["pic", "clip_image", "clip_first_frame", "clip_temp", "clip_text"],
+            "per-frame similarity (mean over videos)",
+        ),
+        "flow_over_time.png": (
+            ["flow_score", "warping_error"],
+            "flow magnitude / warping error per frame pair",
+        ),
+        "paired_per_frame.png": (["lpips", "ssim"], "paired metrics per frame"),
+    }
+    for fname, (metrics, title) in groups.items():
+        present = [m for m in metrics if m in curves and curves[m][1] > 0]
+        if not present:
+            continue
+        fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
+        for ax, m in zip(axes[0], present):
+            s, n = curves[m]
+            y = (torch.as_tensor(s) / n).tolist()
+            x0 = 1 if m in ("clip_first_frame", "clip_temp", "flow_score", "warping_error") else 0
+            ax.plot(range(x0, x0 + len(y)), y, marker="o", ms=3)
+            ax.set_title(LABELS.get(m, m))
+            ax.set_xlabel("frame" if x0 == 0 else "frame pair (t-1, t)")
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        files.append(path.name)
+    return files
+
+
+def write_outputs(results: dict, rows: list[dict], curves: dict, out_dir: Path, plots: bool = True) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["curves"] = {m: (torch.as_tensor(s) / max(n, 1)).tolist() for m, (s, n) in curves.items()}
+    results["plots"] = write_plots(curves, out_dir) if plots else []
+    (out_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2, default=str))
+    (out_dir / "results.md").write_text(render_markdown(results))
+    fields = ["key", "role", "status"]
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(out_dir / "per_video.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["role"], r["key"])):
+            w.writerow(r)

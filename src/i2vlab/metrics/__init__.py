@@ -1,0 +1,39 @@
+"""Video-generation metrics: distances, per-video functions, torchmetrics classes, extractors.
+
+Public maths: :func:`frechet_distance` and :func:`polynomial_mmd` (float64, see ``distances``).
+"""
+
+from .classes import (
+    CLIPFirstFrameConsistency,
+    CLIPImageFrameSimilarity,
+    CLIPTemporalConsistency,
+    CLIPTextSimilarity,
+    FlowScore,
+    FrechetDistance,
+    FrechetInceptionDistanceFrames,
+    FrechetVideoDistance,
+    KernelDistance,
+    KernelVideoDistance,
+    PerceptualInputConformity,
+    PerVideoMean,
+    VideoLPIPS,
+    VideoPSNR,
+    VideoSSIM,
+    WarpingError,
+)
+from .distances import (
+    frechet_distance,
+    gaussian_stats,
+    polynomial_mmd,
+    polynomial_mmd_subsets,
+    stats_from_sums,
+)
+from .extractors import EXTRACTORS, MissingWeightsError, build_extractor
+
+__all__ = [
+    "CLIPFirstFrameConsistency", "CLIPImageFrameSimilarity", "CLIPTemporalConsistency", "CLIPTextSimilarity",
+    "EXTRACTORS", "FlowScore", "FrechetDistance", "FrechetInceptionDistanceFrames", "FrechetVideoDistance",
+    "KernelDistance", "KernelVideoDistance", "MissingWeightsError", "PerVideoMean", "PerceptualInputConformity",
+    "VideoLPIPS", "VideoPSNR", "VideoSSIM", "WarpingError", "build_extractor", "frechet_distance",
+    "gaussian_stats", "polynomial_mmd", "polynomial_mmd_subsets", "stats_from_sums",
+]  # fmt: skip

@@ -1,0 +1,250 @@
+"""torchmetrics ``Metric`` classes: state is summed (or concatenated) across processes by
+torchmetrics, so a DDP evaluation reduces to the same numbers as one process.
+
+Each metric can own its extractor (``update(videos, ...)`` extracts) or take precomputed
+``features=`` / ``values=`` (what the evaluator does, so features can be cached per video).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from . import functional as Fm
+from .distances import frechet_distance, polynomial_mmd, polynomial_mmd_subsets, stats_from_sums
+
+
+class FrechetDistance(Metric):
+    """Streaming Fréchet distance between the real and generated feature Gaussians.
+
+    State: N, Σx and Σxxᵀ per set in float64 (memory constant in the number of videos).
+    ``ddof``: 0 = 1/N covariance (StyleGAN-V), 1 = 1/(N-1) (pytorch-fid, torchmetrics, VideoGPT).
+    """
+
+    full_state_update = False
+    higher_is_better = False
+    is_differentiable = False
+
+    def __init__(self, num_features: int, extractor=None, ddof: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.extractor, self.ddof, self.num_features = extractor, int(ddof), int(num_features)
+        d = self.num_features
+        for s in ("real", "fake"):
+            self.add_state(f"{s}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{s}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{s}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extractor is None:
+            raise ValueError(f"{type(self).__name__} has no extractor: pass features=")
+        return self.extractor(x)
+
+    def update(
+        self, x: torch.Tensor | None = None, *, real: bool, features: torch.Tensor | None = None
+    ) -> None:
+        f = self._features(x) if features is None else features
+        f = f.reshape(-1, f.shape[-1]).double().to(self.real_sum.device)
+        if f.shape[1] != self.num_features:
+            raise ValueError(f"expected {self.num_features}-d features, got {f.shape[1]}")
+        s = "real" if real else "fake"
+        setattr(self, f"{s}_n", getattr(self, f"{s}_n") + f.shape[0])
+        setattr(self, f"{s}_sum", getattr(self, f"{s}_sum") + f.sum(0))
+        setattr(self, f"{s}_outer", getattr(self, f"{s}_outer") + f.T @ f)
+
+    def compute(self) -> torch.Tensor:
+        for s in ("real", "fake"):
+            if getattr(self, f"{s}_n") <= self.ddof + 1:
+                raise ValueError(
+                    f"{type(self).__name__}: need at least {self.ddof + 2} {s} samples, got {int(getattr(self, f'{s}_n'))}"
+                )
+        mu1, s1 = stats_from_sums(self.real_n, self.real_sum, self.real_outer, self.ddof)
+        mu2, s2 = stats_from_sums(self.fake_n, self.fake_sum, self.fake_outer, self.ddof)
+        return torch.tensor(frechet_distance(mu1, s1, mu2, s2), dtype=torch.float64)
+
+
+class FrechetVideoDistance(FrechetDistance):
+    """FVD on I3D logits (400-d). ``update(videos b f c h w in [-1, 1], real=...)``."""
+
+    def __init__(self, extractor=None, num_features: int = 400, ddof: int = 0, **kwargs):
+        super().__init__(num_features, extractor=extractor, ddof=ddof, **kwargs)
+
+
+class FrechetInceptionDistanceFrames(FrechetDistance):
+    """FID over all frames of the videos (one Gaussian over b*f frames; 2048-d pool3)."""
+
+    def __init__(self, extractor=None, num_features: int = 2048, ddof: int = 1, **kwargs):
+        super().__init__(num_features, extractor=extractor, ddof=ddof, **kwargs)
+
+    def _features(self, x):
+        return super()._features(x.flatten(0, 1))
+
+
+class KernelDistance(Metric):
+    """Polynomial-kernel MMD² (KVD / KID) on features kept per sample (``cat`` state).
+
+    ``compute()`` -> dict: ``single`` = one unbiased estimate on all samples (TATS/LVDM KVD, raw
+    scale), ``subset_mean`` / ``subset_std`` = KID-style (``num_subsets`` x ``subset_size`` without
+    replacement, StyleGAN2-ADA convention), and ``subset_size`` used. Multiply by ``scale`` on report.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+    is_differentiable = False
+
+    def __init__(
+        self,
+        extractor=None,
+        num_subsets: int = 100,
+        subset_size: int = 1000,
+        degree: int = 3,
+        gamma: float | None = None,
+        coef0: float = 1.0,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.extractor = extractor
+        self.num_subsets, self.subset_size, self.seed = int(num_subsets), int(subset_size), int(seed)
+        self.degree, self.gamma, self.coef0 = int(degree), gamma, float(coef0)
+        self.add_state("real_features", [], dist_reduce_fx="cat")
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def update(
+        self, x: torch.Tensor | None = None, *, real: bool, features: torch.Tensor | None = None
+    ) -> None:
+        if features is None:
+            if self.extractor is None:
+                raise ValueError(f"{type(self).__name__} has no extractor: pass features=")
+            features = self.extractor(x)
+        f = features.reshape(-1, features.shape[-1]).double()
+        (self.real_features if real else self.fake_features).append(f)
+
+    def compute(self) -> dict[str, float]:
+        def cat(v):
+            return torch.cat(v) if isinstance(v, list) else v
+
+        x, y = cat(self.real_features), cat(self.fake_features)
+        kw = {"degree": self.degree, "gamma": self.gamma, "coef0": self.coef0}
+        single = polynomial_mmd(x, y, **kw)
+        mean, std, m = polynomial_mmd_subsets(x, y, self.num_subsets, self.subset_size, seed=self.seed, **kw)
+        return {"single": single, "subset_mean": mean, "subset_std": std, "subset_size": m}
+
+
+class KernelVideoDistance(KernelDistance):
+    """KVD on I3D logits."""
+
+
+class PerVideoMean(Metric):
+    """Mean over videos of a per-video value (itself a mean over frames or frame pairs)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, extractor=None, **kwargs):
+        super().__init__(**kwargs)
+        self.extractor = extractor
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def per_video(self, *args, **kwargs) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def update(self, *args, values: torch.Tensor | None = None, **kwargs) -> None:
+        v = self.per_video(*args, **kwargs) if values is None else values
+        v = torch.as_tensor(v, dtype=torch.float64).flatten().to(self.total.device)
+        self.total = self.total + v.sum()
+        self.count = self.count + v.numel()
+
+    def compute(self) -> torch.Tensor:
+        if self.count == 0:
+            raise ValueError(f"{type(self).__name__}: no videos were scored")
+        return self.total / self.count
+
+
+class PerceptualInputConformity(PerVideoMean):
+    """PIC = mean over frames of 1 - DreamSim(input image, frame). ``update(images b c h w, videos b f c h w)``."""
+
+    def per_video(self, images, videos):
+        out = []
+        for img, vid in zip(images, videos):
+            e = self.extractor.embed(torch.cat([img[None], vid]))
+            out.append(Fm.pic_per_frame(e[0], e[1:]).mean())
+        return torch.stack(out)
+
+
+class _CLIPVideoMean(PerVideoMean):
+    def _embed(self, vid):
+        return self.extractor.embed_images(vid)
+
+
+class CLIPTemporalConsistency(_CLIPVideoMean):
+    """CLIPTemp (EvalCrafter): mean cos of CLIP embeddings of adjacent frames. ``update(videos)``."""
+
+    def per_video(self, videos):
+        return torch.stack([Fm.clip_adjacent(self._embed(v)).mean() for v in videos])
+
+
+class CLIPFirstFrameConsistency(_CLIPVideoMean):
+    """mean_{t>=1} cos(E(f_0), E(f_t)) (EvalCrafter first-frame / face consistency)."""
+
+    def per_video(self, videos):
+        return torch.stack([Fm.clip_first_frame(self._embed(v)).mean() for v in videos])
+
+
+class CLIPImageFrameSimilarity(_CLIPVideoMean):
+    """mean_t cos(E(input image), E(f_t)) (I2V-Adapter's CLIPTemp wording)."""
+
+    def per_video(self, images, videos):
+        out = []
+        for img, vid in zip(images, videos):
+            e = self._embed(torch.cat([img[None], vid]))
+            out.append(Fm.clip_image_frames(e[0], e[1:]).mean())
+        return torch.stack(out)
+
+
+class CLIPTextSimilarity(_CLIPVideoMean):
+    """CLIP-SIM: mean_t cos(E_img(f_t), E_txt(prompt)) x ``scale`` (1 = EvalCrafter, 100 = torchmetrics)."""
+
+    def __init__(self, extractor=None, scale: float = 1.0, **kwargs):
+        super().__init__(extractor, **kwargs)
+        self.scale = float(scale)
+
+    def per_video(self, prompts, videos):
+        t = self.extractor.embed_text(list(prompts))
+        return torch.stack(
+            [Fm.cosine(t[i][None], self._embed(v)).mean() * self.scale for i, v in enumerate(videos)]
+        )
+
+
+class FlowScore(PerVideoMean):
+    """EvalCrafter FlowScore: mean over adjacent pairs of the mean flow magnitude (native pixels)."""
+
+    def per_video(self, videos):
+        return torch.stack([Fm.flow_magnitudes(v, self.extractor).mean() for v in videos])
+
+
+class WarpingError(PerVideoMean):
+    """EvalCrafter warping error (lower is better), frames in [0, 1] at half resolution."""
+
+    higher_is_better = False
+
+    def per_video(self, videos):
+        return torch.stack([Fm.warping_errors(v, self.extractor).mean() for v in videos])
+
+
+class VideoLPIPS(PerVideoMean):
+    higher_is_better = False
+
+    def per_video(self, preds, targets):
+        return torch.stack([self.extractor(p, t).double().mean().cpu() for p, t in zip(preds, targets)])
+
+
+class VideoPSNR(PerVideoMean):
+    def per_video(self, preds, targets):
+        return torch.stack([Fm.psnr_per_frame(p, t).mean() for p, t in zip(preds, targets)])
+
+
+class VideoSSIM(PerVideoMean):
+    def per_video(self, preds, targets):
+        return torch.stack([Fm.ssim_per_frame(p, t).mean() for p, t in zip(preds, targets)])

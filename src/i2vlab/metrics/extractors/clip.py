@@ -1,0 +1,146 @@
+"""CLIP image/text embeddings (transformers ``CLIPModel``) for CLIPTemp, first-frame consistency,
+image-frame similarity and CLIP-SIM (text-video).
+
+``convention``:
+- ``standard``: bicubic resize of the short side to the model's image size, centre crop, [0, 1],
+  CLIP mean/std (what the HF processor does);
+- ``evalcrafter_raw``: EvalCrafter's quirk, kept to match published numbers: ``Resize([224, 224])``
+  on raw float 0-255 pixels, no /255 and no mean/std (METRICS.md §6).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Extractor, register_extractor, resolve_weights, seeded_init
+
+CLIP_PUBLISHED = "HF hub openai/clip-vit-base-patch32 (EvalCrafter, VBench) — a local from_pretrained folder"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer for random-init smoke runs only (no vocabulary files are available)."""
+
+    def __init__(self, vocab_size: int, max_length: int):
+        self.vocab_size, self.max_length = vocab_size, max_length
+
+    def __call__(self, texts: list[str]) -> dict:
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(texts):
+            b = [1 + (c % (self.vocab_size - 2)) for c in t.encode()][: self.max_length - 1]
+            b.append(self.vocab_size - 1)  # EOS = highest id (CLIP pools at argmax id)
+            ids[i, : len(b)] = torch.tensor(b)
+            mask[i, : len(b)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class CLIPExtractor(Extractor):
+    name = "clip"
+
+    def __init__(self, weights, convention: str = "standard", tiny: dict | None = None, seed: int = 0):
+        super().__init__(weights, seed)
+        from transformers import CLIPConfig, CLIPModel
+
+        if convention not in ("standard", "evalcrafter_raw"):
+            raise ValueError(f"clip convention must be 'standard' or 'evalcrafter_raw', got {convention!r}")
+        self.convention = convention
+        if weights is not None:
+            from transformers import AutoTokenizer
+
+            self.model = CLIPModel.from_pretrained(str(weights), local_files_only=True).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(str(weights), local_files_only=True)
+            self._hf_tokenizer = True
+        else:
+            t = dict(tiny or {})
+            vis = {
+                "hidden_size": 768,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 12,
+                "intermediate_size": 3072,
+                "image_size": 224,
+                "patch_size": 32,
+                **t.get("vision", {}),
+            }
+            txt = {
+                "hidden_size": 512,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 8,
+                "intermediate_size": 2048,
+                "vocab_size": 49408,
+                **t.get("text", {}),
+            }
+            txt.setdefault("bos_token_id", txt["vocab_size"] - 2)
+            txt.setdefault("eos_token_id", txt["vocab_size"] - 1)
+            cfg = CLIPConfig(text_config=txt, vision_config=vis, projection_dim=t.get("projection_dim", 512))
+            with seeded_init(seed):
+                self.model = CLIPModel(cfg).eval()
+            self.tokenizer = ByteTokenizer(txt["vocab_size"], cfg.text_config.max_position_embeddings)
+            self._hf_tokenizer = False
+        self.image_size = int(self.model.config.vision_config.image_size)
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+
+    def settings(self) -> dict:
+        return {
+            "convention": self.convention,
+            "image_size": self.image_size,
+            "tokenizer": "hf" if self._hf_tokenizer else "byte-stand-in(random smoke only)",
+        }
+
+    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.image_size
+        if self.convention == "evalcrafter_raw":
+            x = (images.float().clamp(-1, 1) + 1) * 127.5
+            return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        x = (images.float().clamp(-1, 1) + 1) / 2
+        h, w = x.shape[-2:]
+        r = s / min(h, w)
+        nh, nw = max(s, round(h * r)), max(s, round(w * r))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (nh - s) // 2, (nw - s) // 2
+        x = x[..., top : top + s, left : left + s]
+        return (x - self.mean) / self.std
+
+    @staticmethod
+    def _as_tensor(out) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``n c h w`` in [-1, 1] -> ``n d`` projected image embeddings (not normalised)."""
+        x = self._prep(images.to(self.mean.device))
+        return self._as_tensor(self.model.get_image_features(pixel_values=x)).float()
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        if self._hf_tokenizer:
+            tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        else:
+            tok = self.tokenizer(list(texts))
+        tok = {k: v.to(self.mean.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        return self._as_tensor(self.model.get_text_features(**tok)).float()
+
+    forward = embed_images
+
+
+@register_extractor("clip")
+def build_clip(
+    weights_path=None,
+    allow_random_weights: bool = False,
+    convention: str = "standard",
+    tiny: dict | None = None,
+    seed: int = 0,
+    config_key: str = "eval.extractors.clip.weights_path",
+) -> CLIPExtractor:
+    w = resolve_weights(
+        weights_path,
+        config_key=config_key,
+        published=CLIP_PUBLISHED,
+        allow_random_weights=allow_random_weights,
+        what="CLIP metrics need a local CLIP model folder",
+    )
+    return CLIPExtractor(w, convention=convention, tiny=tiny, seed=seed)
