@@ -1,0 +1,195 @@
+"""Per-video metrics' invariances and the extractors' weights policy / loading code."""
+
+import pytest
+import torch
+from eval_helpers import TINY_EXTRACTORS, moving_video
+
+from i2vlab.metrics import (
+    CLIPFirstFrameConsistency,
+    CLIPTemporalConsistency,
+    FlowScore,
+    FrechetInceptionDistanceFrames,
+    FrechetVideoDistance,
+    KernelVideoDistance,
+    MissingWeightsError,
+    PerceptualInputConformity,
+    VideoPSNR,
+    VideoSSIM,
+    WarpingError,
+    build_extractor,
+)
+from i2vlab.metrics import functional as Fm
+
+
+@pytest.fixture(scope="module")
+def dis():
+    return build_extractor("opencv_flow", method="dis")
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_known_shift_gives_expected_flow_magnitude(method):
+    flow = build_extractor("opencv_flow", method=method)
+    v = moving_video(3, 64, 64, dx=3)
+    fl = flow(v[:1], v[1:2])[0]
+    inner = fl[:, 12:-12, 12:-12]  # away from the wrap-around seam
+    assert inner[0].mean().item() == pytest.approx(3.0, abs=0.1)
+    assert inner[1].abs().mean().item() < 0.1
+    mags = Fm.flow_magnitudes(v[:, :, 12:-12, 12:-12], flow)
+    assert mags.shape == (2,) and mags.mean().item() == pytest.approx(3.0, abs=0.15)
+
+
+def test_static_video_flow_score_zero(dis):
+    v = moving_video(4, 48, 48, dx=0)
+    m = FlowScore(dis)
+    m.update(v[None])
+    assert m.compute().item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_warping_error_zero_for_static_video_and_small_for_translation(dis):
+    static = moving_video(4, 64, 64)
+    m = WarpingError(dis)
+    m.update(static[None])
+    assert m.compute().item() == pytest.approx(0.0, abs=1e-8)
+    moving = moving_video(4, 64, 64, dx=2)
+    err = Fm.warping_errors(moving, dis, downsample=1.0)
+    # unwarped error of the same pairs (3 channels over pixels), for scale
+    x = (moving + 1) / 2
+    raw = ((x[1:] - x[:-1]) ** 2).sum(1).flatten(1).mean(1)
+    assert (err < 0.1 * raw).all()
+
+
+def test_warp_identity_and_known_shift():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float64).view(2, 3, 8, 8)
+    assert torch.allclose(Fm.warp(x, torch.zeros(2, 2, 8, 8, dtype=torch.float64)), x)
+    flow = torch.zeros(2, 2, 8, 8, dtype=torch.float64)
+    flow[:, 0] = 1.0  # sample one pixel to the right
+    out = Fm.warp(x, flow)
+    assert torch.allclose(out[..., :-1], x[..., 1:])
+    assert torch.allclose(out[..., -1], x[..., -1])  # border clamp
+
+
+def test_occlusion_mask_flags_inconsistent_flow():
+    fw = torch.zeros(1, 2, 6, 6, dtype=torch.float64)
+    bw = torch.zeros_like(fw)
+    assert not Fm.occlusion_mask(fw, bw).any()
+    bw[:, 0, 2, 2] = 5.0  # backward flow disagrees at one pixel
+    occ = Fm.occlusion_mask(fw, bw)
+    assert occ[0, 2, 2] and occ.sum() == 1
+    fw2 = torch.zeros_like(fw)
+    fw2[:, 0, :, 3:] = 4.0  # motion boundary between columns 2 and 3
+    assert Fm.occlusion_mask(fw2, -fw2)[0, :, 2].all()
+
+
+def test_pic_and_clip_consistency_of_static_video_is_one():
+    ds = build_extractor("dreamsim", allow_random_weights=True, **TINY_EXTRACTORS["dreamsim"])
+    clip = build_extractor("clip", allow_random_weights=True, **TINY_EXTRACTORS["clip"])
+    v = moving_video(4, 32, 32)[None]
+    pic = PerceptualInputConformity(ds)
+    pic.update(v[:, 0], v)
+    assert pic.compute().item() == pytest.approx(1.0, abs=1e-6)
+    for cls in (CLIPTemporalConsistency, CLIPFirstFrameConsistency):
+        m = cls(clip)
+        m.update(v)
+        assert m.compute().item() == pytest.approx(1.0, abs=1e-6)
+    moving = moving_video(4, 32, 32, dx=5)[None]
+    pic2 = PerceptualInputConformity(ds)
+    pic2.update(moving[:, 0], moving)
+    assert pic2.compute().item() < 1.0
+
+
+def test_identical_sets_give_zero_fvd_and_fid():
+    i3d = build_extractor("i3d", allow_random_weights=True, **TINY_EXTRACTORS["i3d"])
+    vids = torch.stack([moving_video(8, 32, 32, dx=i % 3, dy=i % 2, seed=i) for i in range(5)])
+    fvd = FrechetVideoDistance(i3d)
+    fvd.update(vids, real=True)
+    fvd.update(vids, real=False)
+    assert fvd.compute().item() == pytest.approx(0.0, abs=1e-6)
+    kvd = KernelVideoDistance(i3d, num_subsets=3)
+    kvd.update(vids, real=True)
+    kvd.update(vids, real=False)
+    assert kvd.compute()["single"] <= 1e-9
+    other = FrechetVideoDistance(i3d)
+    other.update(vids, real=True)
+    other.update(-vids, real=False)
+    assert other.compute().item() > 1e-3
+    inc = build_extractor("inception", allow_random_weights=True, **TINY_EXTRACTORS["inception"])
+    fid = FrechetInceptionDistanceFrames(inc)
+    fid.update(vids[:3, :2], real=True)
+    fid.update(vids[:3, :2], real=False)
+    assert fid.compute().item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_psnr_ssim_identical_and_known_noise():
+    v = moving_video(3, 32, 32)[None]
+    s = VideoSSIM()
+    s.update(v, v)
+    assert s.compute().item() == pytest.approx(1.0, abs=1e-6)
+    x = (v + 1) / 2
+    noisy01 = (x + 0.1).clamp(max=1.0)  # MSE known exactly where not clipped
+    exact = 10 * torch.log10(1 / ((noisy01 - x) ** 2).mean())
+    p = VideoPSNR()
+    p.update(noisy01 * 2 - 1, v)
+    assert p.compute().item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def test_missing_weights_fail_with_config_key_and_source(tmp_path):
+    for name, key, where in [
+        ("i3d", "eval.extractors.i3d.weights_path", "i3d_torchscript.pt"),
+        ("inception", "eval.extractors.inception.weights_path", "pt_inception"),
+        ("clip", "eval.extractors.clip.weights_path", "clip-vit-base-patch32"),
+        ("dreamsim", "eval.extractors.dreamsim.weights_path", "dreamsim_ensemble_checkpoint"),
+        ("raft", "eval.extractors.flow.weights_path", "raft"),
+        ("lpips", "eval.extractors.lpips.weights_path", "alexnet"),
+    ]:
+        with pytest.raises(MissingWeightsError) as e:
+            build_extractor(name)
+        assert key in str(e.value) and where in str(e.value) and "allow_random_weights" in str(e.value)
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        build_extractor("i3d", weights_path=str(tmp_path / "nope.pt"))
+
+
+def test_i3d_state_dict_roundtrip_and_mismatch(tmp_path):
+    src = build_extractor("i3d", allow_random_weights=True, seed=3, **TINY_EXTRACTORS["i3d"])
+    ck = tmp_path / "i3d.pt"
+    torch.save(src.net.state_dict(), ck)
+    loaded = build_extractor("i3d", weights_path=str(ck), **TINY_EXTRACTORS["i3d"])
+    assert loaded.comparable and not src.comparable
+    assert len(loaded.weights_hash) == 16
+    v = moving_video(8, 32, 32, dx=1)[None]
+    assert torch.allclose(loaded(v), src(v), atol=1e-6)
+    assert {"Conv3d_1a_7x7.conv3d.weight", "Mixed_5c.b3b.bn.running_var", "logits.conv3d.bias"} <= set(
+        src.net.state_dict()
+    )
+    bad = tmp_path / "bad.pt"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(RuntimeError, match="do not match"):
+        build_extractor("i3d", weights_path=str(bad), **TINY_EXTRACTORS["i3d"])
+
+
+def test_i3d_full_architecture_shapes():
+    net = build_extractor("i3d", allow_random_weights=True).net
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 12_000_000 < n_params < 13_000_000  # the published I3D has ~12.7M parameters
+    assert net.logits.conv3d.out_channels == 400 and net.Mixed_5c.out_channels == 1024
+
+
+def test_raft_and_lpips_load_local_weights(tmp_path):
+    from torchvision.models import alexnet
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    ref = raft_small(weights=None).eval()
+    torch.save(ref.state_dict(), tmp_path / "raft.pt")
+    r = build_extractor(
+        "raft", weights_path=str(tmp_path / "raft.pt"), variant="raft_small", num_flow_updates=2
+    )
+    a, b = moving_video(2, 128, 128, dx=2)[:1], moving_video(2, 128, 128, dx=2)[1:]
+    with torch.no_grad():
+        expect = ref(a, b, num_flow_updates=2)[-1]
+    assert torch.allclose(r(a, b), expect, atol=1e-5)
+    feats = {k: v for k, v in alexnet(weights=None).state_dict().items() if k.startswith("features.")}
+    torch.save(feats, tmp_path / "alex.pt")
+    lp = build_extractor("lpips", weights_path=str(tmp_path / "alex.pt"))
+    assert torch.equal(lp.model.net.slice1._modules["0"].weight, feats["features.0.weight"])
+    assert torch.equal(lp.model.net.slice5._modules["10"].weight, feats["features.10.weight"])
+    assert lp(a, a).abs().max() < 1e-6 and lp(a, b).min() > 0
