@@ -76,7 +76,9 @@ def _fps_fraction(fps: float):
 
 
 def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float = 8.0) -> Path:
-    """Write one video as ``.mp4`` or ``.gif`` (chosen by suffix), atomically. Returns the path."""
+    """Write one video as ``.mp4`` or ``.gif`` (chosen by suffix), atomically. Returns the path.
+
+    GIFs are for viewing: Pillow merges identical consecutive frames, so score mp4s, not GIFs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

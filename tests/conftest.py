@@ -1,0 +1,57 @@
+"""Shared fixtures: repository paths, toy shards built once per session, config composition."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    """``<tmp>/toy/{train,val}/*.tar``: 16 + 4 toy videos of 24 frames at 64 px (built once)."""
+    from i2vlab.data.toy import write_toy_shards
+
+    root = tmp_path_factory.mktemp("data")
+    write_toy_shards(root / "toy", num_videos=16, num_val=4, frames=24, size=64, per_shard=8, progress=False)
+    return root
+
+
+def compose_train(overrides: list[str], output_dir: Path | str, data_dir: Path | str | None = None):
+    """Compose conf/train.yaml like train.py would, with the run paths pinned (no Hydra runtime)."""
+    from hydra import compose, initialize_config_dir
+
+    import i2vlab.utils.config  # noqa: F401
+
+    paths = [f"paths.output_dir={output_dir}", f"paths.root_dir={ROOT}"]
+    if data_dir is not None:
+        paths.append(f"paths.data_dir={data_dir}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides) + paths)
+
+
+def run_script(args: list[str], cwd: Path | None = None, timeout: int = 300, env: dict | None = None):
+    """Run a repo script with this interpreter; raise with its output on failure."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
