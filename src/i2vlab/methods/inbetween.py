@@ -1,0 +1,264 @@
+"""Generative Inbetweening (Wang et al., ICLR'25): fine-tune SVD into a backward-motion model whose
+temporal self-attention reuses the forward model's maps rotated by 180°; interpolate two keyframes
+by fusing forward and backward predictions.
+
+Training step (spec §3.2; ``compute_loss``):
+
+1. the clip (b f c h w, sampled at double rate by the data config) is encoded; its **time-reversed**
+   latents ``z_rev`` are the target; σ ~ LogNormal(0.7, 1.6); ``x_rev = z_rev + σ·ε``;
+2. the frozen reference UNet (``ref_unet``, a copy of the base SVD UNet) runs on ``flip_T(x_rev)`` —
+   the forward video — conditioned on the clip's **first** frame; its temporal self-attention maps
+   fill the shared :class:`~i2vlab.models.attention_control.AttentionStore`;
+3. the trainable UNet runs on ``x_rev`` conditioned on the clip's **last** frame, each temporal
+   self-attention using the same layer's stored map rotated 180° on its own values;
+4. EDM loss ``(1+σ²)/σ² · |D(x_rev) - z_rev|²`` with ``D = c_skip·x + c_out·F``.
+
+Only ``temporal_transformer_blocks.0.attn1.to_v.weight`` and ``.to_out.0.weight`` of the trainable
+UNet train (``method.trainable``). Conditioning per SVD: CLIP image embedding of the clean frame;
+VAE ``mode()`` (unscaled) of the frame plus 0.02 Gaussian noise, repeated over frames and
+concatenated on channels; added time ids [fps - 1 = 6, motion bucket 127, noise aug 0.02].
+
+Memory: ``ref_unet`` is a second full copy of the SVD UNet (1.5 B parameters; ~3 GB in fp16, set
+``method.frozen_dtype=fp16``/``bf16``), always frozen and in eval mode.
+
+New code (beyond diffusers/transformers/Lightning): the two-pass objective and the sampling in
+:mod:`i2vlab.pipelines.inbetween`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from i2vlab.diffusion.edm import denoised, loss_weight, sample_sigmas, stratified_sigmas
+from i2vlab.methods.base import VideoDiffusionModule
+from i2vlab.models.attention_control import AttentionStore, install_flip_processors, install_store_processors
+from i2vlab.models.svd import added_time_ids, clip_image_embeds, svd_unet_forward
+from i2vlab.pipelines import inbetween as pipes
+
+SAMPLERS = {"ours": pipes.sample_inbetween, "trf": pipes.sample_trf, "flow": pipes.flow_interpolate}
+
+
+class GenerativeInbetweening(VideoDiffusionModule):
+    """SVD keyframe interpolation with rotated temporal attention.
+
+    Args (besides :class:`VideoDiffusionModule`'s):
+        image_encoder: ``CLIPVisionModelWithProjection`` (frozen).
+        image_processor: ``CLIPImageProcessor`` (normalisation statistics).
+        noise_scheduler: SVD's ``EulerDiscreteScheduler`` (sampling σ schedule).
+        fps_id, motion_bucket_id, noise_aug_strength: SVD micro-conditioning during training.
+        p_mean, p_std: log-normal training noise levels.
+    """
+
+    frozen_modules = ("vae", "image_encoder", "ref_unet")
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        image_encoder: nn.Module,
+        image_processor: Any,
+        noise_scheduler: Any,
+        trainable: Sequence[str] = (),
+        fps_id: float = 6,
+        motion_bucket_id: float = 127,
+        noise_aug_strength: float = 0.02,
+        p_mean: float = 0.7,
+        p_std: float = 1.6,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("text_encoder", None), kwargs.pop("tokenizer", None)
+        super().__init__(
+            unet=unet,
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            noise_scheduler=noise_scheduler,
+            trainable=trainable,
+            **kwargs,
+        )
+        self.image_encoder = image_encoder
+        self.image_processor = image_processor
+        self.fps_id, self.motion_bucket_id = float(fps_id), float(motion_bucket_id)
+        self.noise_aug_strength = float(noise_aug_strength)
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        # frozen forward model: a copy of the base UNet taken before any fine-tuning
+        self.ref_unet = copy.deepcopy(unet)
+        self.ref_unet.requires_grad_(False)
+        self.attention_store = AttentionStore()
+        self.controlled_layers = install_store_processors(self.ref_unet, self.attention_store)
+        install_flip_processors(self.unet, self.attention_store, self.controlled_layers)
+
+    # ------------------------------------------------------------------------------------------
+    # encoders
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_condition(
+        self, image: torch.Tensor, noise: torch.Tensor | None = None, noise_aug_strength: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SVD conditioning of frames (b c h w) in [-1, 1]: (CLIP embeds (b, 1, d) of the clean frame,
+        unscaled VAE mode (b, c, h', w') of the frame + ``noise_aug_strength``·``noise``)."""
+        aug = self.noise_aug_strength if noise_aug_strength is None else float(noise_aug_strength)
+        embeds = clip_image_embeds(self.image_encoder, self.image_processor, image)
+        noisy = (
+            image.float() + aug * noise.to(image.device, torch.float32)
+            if noise is not None
+            else image.float()
+        )
+        latents = self.vae.encode(noisy.to(self.vae.dtype)).latent_dist.mode().float()
+        return embeds, latents
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (b c f h w) -> video (b f c h w) in [-1, 1]; the temporal decoder sees
+        ``vae_chunk_size`` frames of one video at a time."""
+        out = []
+        for z in latents:  # c f h w
+            frames = rearrange(z, "c f h w -> f c h w") / self.latent_scale
+            dec = [
+                self.vae.decode(c.to(self.vae.dtype), num_frames=c.shape[0]).sample.float()
+                for c in frames.split(self.vae_chunk_size)
+            ]
+            out.append(torch.cat(dec))
+        return torch.stack(out).clamp(-1, 1)
+
+    # ------------------------------------------------------------------------------------------
+    # training objective
+    # ------------------------------------------------------------------------------------------
+    def training_inputs(
+        self, batch: Mapping[str, Any], generator: torch.Generator, sigmas: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Everything one step needs. Draw order from ``generator``: video latents, σ (unless given),
+        latent noise, conditioning-image noise.
+
+        Returns ``target`` (reversed latents, b f c h w), ``noisy`` (target + σ·ε), ``ref_noisy``
+        (= flip_T(noisy), the forward video), ``sigma`` (b,), ``cond_embeds``/``cond_latents`` (last
+        frame, trainable UNet), ``ref_embeds``/``ref_latents`` (first frame, reference UNet), ``time_ids``.
+        """
+        video = batch["video"].to(self.device)
+        b = video.shape[0]
+        latents = rearrange(self.encode_video(video, generator), "b c f h w -> b f c h w")
+        target = latents.flip(1)  # time-reversed clip
+        sigma = sample_sigmas(b, generator, self.p_mean, self.p_std) if sigmas is None else sigmas
+        sigma = sigma.to(self.device, torch.float32)
+        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        noisy = target + noise * sigma.view(b, 1, 1, 1, 1)
+        img_noise = torch.randn(
+            video[:, 0].shape, generator=generator, device=video.device, dtype=torch.float32
+        )
+        cond_embeds, cond_latents = self.encode_condition(video[:, -1], img_noise)  # last original frame
+        ref_embeds, ref_latents = self.encode_condition(video[:, 0], img_noise)  # first original frame
+        time_ids = added_time_ids(
+            self.fps_id, self.motion_bucket_id, self.noise_aug_strength, b, self.device, unet=self.unet
+        )
+        return {
+            "target": target,
+            "noisy": noisy,
+            "ref_noisy": noisy.flip(1),
+            "sigma": sigma,
+            "cond_embeds": cond_embeds,
+            "cond_latents": cond_latents,
+            "ref_embeds": ref_embeds,
+            "ref_latents": ref_latents,
+            "time_ids": time_ids,
+        }
+
+    def compute_loss(
+        self,
+        batch: Mapping[str, Any],
+        generator: torch.Generator,
+        timesteps: torch.Tensor | None = None,
+        train: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """EDM loss of the backward model (``timesteps`` are noise levels σ here). Returns (b,)."""
+        x = self.training_inputs(batch, generator, sigmas=timesteps)
+        self.attention_store.clear()
+        with torch.no_grad():  # reference pass: fills the attention store
+            svd_unet_forward(
+                self.ref_unet, x["ref_noisy"], x["sigma"], x["ref_embeds"], x["ref_latents"], x["time_ids"]
+            )
+        out = svd_unet_forward(
+            self.unet, x["noisy"], x["sigma"], x["cond_embeds"], x["cond_latents"], x["time_ids"]
+        )
+        d = denoised(out, x["noisy"], x["sigma"])
+        err = (d - x["target"].float()).pow(2).mean(dim=(1, 2, 3, 4))
+        loss = loss_weight(x["sigma"]) * err
+        return loss, {"sigma_median": x["sigma"].median()}
+
+    def validation_timesteps(self, n: int) -> torch.Tensor:
+        """Fixed noise levels: centres of n equal-probability strata of LogNormal(p_mean, p_std)."""
+        return stratified_sigmas(n, self.p_mean, self.p_std)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if self._val_inputs is not None and "last_images" not in self._val_inputs:
+            k = len(self._val_inputs["prompts"])
+            self._val_inputs["last_images"] = batch["video"][:k, -1].detach()
+
+    def _write_validation_samples(self) -> None:
+        # the base passes (prompts, images, num_frames, seed, num_inference_steps) to sample(): the
+        # second keyframe travels through the default sampling options for this call
+        saved = self.sampling_cfg
+        self.sampling_cfg = {**saved, "last_images": (self._val_inputs or {}).get("last_images")}
+        try:
+            super()._write_validation_samples()
+        finally:
+            self.sampling_cfg = saved
+
+    # ------------------------------------------------------------------------------------------
+    # sampling
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        images: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        seed: int = 0,
+        last_images: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Interpolate between ``images`` (first keyframes, b c h w) and ``last_images`` (b c h w), both
+        in [-1, 1]. Prompts are ignored (SVD has no text conditioning). ``method``: ``ours`` (fused
+        forward + fine-tuned backward, noise re-injection), ``trf`` (Time Reversal Fusion on the
+        unmodified SVD) or ``flow`` (OpenCV optical flow). Other keywords go to the chosen sampler
+        (see :mod:`i2vlab.pipelines.inbetween`); keys meant for another sampler are ignored.
+        Returns (b f c h w) in [-1, 1]."""
+        opts = {**self.sampling_cfg, **kwargs}
+        mode = opts.pop("method", "ours")
+        if last_images is None:
+            last_images = opts.pop("last_images", None)
+        opts.pop("last_images", None)
+        if mode not in SAMPLERS:
+            raise ValueError(f"sampling method {mode!r}: choose one of {sorted(SAMPLERS)}")
+        if images is None or last_images is None:
+            raise ValueError(
+                "keyframe interpolation needs two keyframes: images=(b c h w) and last_images=(b c h w)"
+            )
+        num_frames = int(num_frames or opts.pop("num_frames", None) or self.unet.config.num_frames)
+        opts.pop("num_frames", None)
+        known = set().union(*(inspect.signature(f).parameters for f in SAMPLERS.values()))
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown sampling option(s) {unknown}; options: {sorted(known - {'module', 'first', 'last'})}"
+            )
+        fn = SAMPLERS[mode]
+        params = inspect.signature(fn).parameters
+        opts = {k: v for k, v in opts.items() if k in params}
+        first = images.to(self.device, torch.float32)
+        last = last_images.to(self.device, torch.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            if mode == "flow":
+                return fn(first, last, num_frames, **opts)
+            return fn(self, first, last, num_frames, seed=seed, **opts)
+        finally:
+            self.train(was_training)
