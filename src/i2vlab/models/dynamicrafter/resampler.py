@@ -1,0 +1,71 @@
+"""DynamiCrafter's context learner: CLIP image tokens -> per-frame query tokens.
+
+The query transformer is the IP-Adapter-Plus "Resampler" (perceiver attention with keys =
+[image tokens ; latents], then a feed-forward, both residual; ``proj_out`` + LayerNorm at the end),
+which diffusers ships as ``IPAdapterPlusImageProjection``. What DynamiCrafter adds is the video
+axis: ``num_queries`` learnable queries *per frame* for ``video_length`` frames (16 x 16 = 256 in
+the official configs), so each frame receives its own tokens from the single conditioning image.
+
+Input: CLIP ViT-H/14 last-layer tokens ``b 257 1280`` (all tokens, before ``ln_post``); output
+``b (video_length * num_queries) output_dim``. Official argument names are kept
+(``lvdm/modules/encoders/resampler.py`` in Doubiiu/DynamiCrafter).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import IPAdapterPlusImageProjection
+from diffusers.models.modeling_utils import ModelMixin
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Resampler(IPAdapterPlusImageProjection, ModelMixin, ConfigMixin):
+    """Query transformer with ``num_queries * video_length`` learnable queries (diffusers layers).
+
+    Args (official names): dim (query width), depth, dim_head, heads, num_queries (tokens per frame),
+    embedding_dim (CLIP width), output_dim (UNet context width), ff_mult, video_length (frames;
+    ``None`` for one set of queries shared by all frames).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        dim: int = 1024,
+        depth: int = 4,
+        dim_head: int = 64,
+        heads: int = 12,
+        num_queries: int = 16,
+        embedding_dim: int = 1280,
+        output_dim: int = 1024,
+        ff_mult: int = 4,
+        video_length: int | None = 16,
+    ) -> None:
+        total = num_queries * (video_length or 1)
+        super().__init__(
+            embed_dims=embedding_dim,
+            output_dims=output_dim,
+            hidden_dims=dim,
+            depth=depth,
+            dim_head=dim_head,
+            heads=heads,
+            num_queries=total,
+            ffn_ratio=ff_mult,
+        )
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.config.num_queries)
+
+
+def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """Images ``b c h w`` in [-1, 1] -> CLIP input: bicubic + antialias resize to ``size``, [0, 1],
+    CLIP mean/std (as ``FrozenOpenCLIPImageEmbedderV2.preprocess``)."""
+    x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=True, antialias=True)
+    x = (x + 1.0) / 2.0
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
