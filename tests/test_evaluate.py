@@ -341,8 +341,12 @@ class _RecordingMethod(torch.nn.Module):
     calls: list = []
 
     def sample(self, prompts, images, num_frames, seed, **kw):
-        self.calls.append((list(prompts), None if images is None else tuple(images.shape), num_frames, seed, kw))
-        return torch.stack([moving_video(num_frames, 32, 32, dx=1, seed=seed + i) for i in range(len(prompts))])
+        self.calls.append(
+            (list(prompts), None if images is None else tuple(images.shape), num_frames, seed, kw)
+        )
+        return torch.stack(
+            [moving_video(num_frames, 32, 32, dx=1, seed=seed + i) for i in range(len(prompts))]
+        )
 
 
 def test_generate_then_score(sets, tmp_path, monkeypatch):
@@ -362,14 +366,28 @@ def test_generate_then_score(sets, tmp_path, monkeypatch):
     plist = tmp_path / "prompts.csv"
     plist.write_text("key,prompt,image\n" + "\n".join(f"s{i},prompt {i},{img}" for i in range(3)))
     _RecordingMethod.calls = []
-    cfg = eval_cfg(tmp_path, real=str(sets / "real"), metrics=["fvd", "clip_image"], condition_image="manifest",
-                   generate={"checkpoint": "/runs/x", "prompts": str(plist), "num_frames": 5, "batch_size": 2,
-                             "kwargs": {"guidance_scale": 2.0}})
+    cfg = eval_cfg(
+        tmp_path,
+        real=str(sets / "real"),
+        metrics=["fvd", "clip_image"],
+        condition_image="manifest",
+        generate={
+            "checkpoint": "/runs/x",
+            "prompts": str(plist),
+            "num_frames": 5,
+            "batch_size": 2,
+            "kwargs": {"guidance_scale": 2.0},
+        },
+    )
     res = Evaluator(cfg).run()
     assert seen["path"] == "/runs/x"
     assert [c[0] for c in _RecordingMethod.calls] == [["prompt 0", "prompt 1"], ["prompt 2"]]
     assert _RecordingMethod.calls[0][1] == (2, 3, 32, 32) and _RecordingMethod.calls[0][2] == 5
     assert _RecordingMethod.calls[0][4] == {"guidance_scale": 2.0}
-    assert sorted(p.name for p in (tmp_path / "out" / "generated").glob("*.mp4")) == ["s0.mp4", "s1.mp4", "s2.mp4"]
+    assert sorted(p.name for p in (tmp_path / "out" / "generated").glob("*.mp4")) == [
+        "s0.mp4",
+        "s1.mp4",
+        "s2.mp4",
+    ]
     assert res["n"]["generated_scored"] == 3 and res["condition_image_sources"] == {"image_file": 3}
     assert res["metrics"]["fvd"]["value"] is not None

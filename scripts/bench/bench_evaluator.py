@@ -46,16 +46,39 @@ def main():
     a = ap.parse_args()
     dev = torch.device(a.device)
     size = a.size or (256 if a.full else 64)
-    tiny_vit = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-                "image_size": 64, "patch_size": 16}
-    kw = {} if a.full else {
-        "i3d": {"input_size": 112, "width": 0.25}, "inception": {"input_size": 139},
-        "clip": {"tiny": {"vision": tiny_vit, "text": {"vocab_size": 1000, "hidden_size": 64,
-                                                         "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                         "intermediate_size": 128}, "projection_dim": 32}},
+    tiny_vit = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "image_size": 64,
+        "patch_size": 16,
     }
-    ex = {n: build_extractor(n, allow_random_weights=True, **kw.get(n, {})).to(dev).eval()
-          for n in ("i3d", "inception", "clip")}
+    kw = (
+        {}
+        if a.full
+        else {
+            "i3d": {"input_size": 112, "width": 0.25},
+            "inception": {"input_size": 139},
+            "clip": {
+                "tiny": {
+                    "vision": tiny_vit,
+                    "text": {
+                        "vocab_size": 1000,
+                        "hidden_size": 64,
+                        "num_hidden_layers": 2,
+                        "num_attention_heads": 2,
+                        "intermediate_size": 128,
+                    },
+                    "projection_dim": 32,
+                }
+            },
+        }
+    )
+    ex = {
+        n: build_extractor(n, allow_random_weights=True, **kw.get(n, {})).to(dev).eval()
+        for n in ("i3d", "inception", "clip")
+    }
     flow = build_extractor("opencv_flow")
     g = torch.Generator().manual_seed(0)
     videos = (torch.rand(a.videos, a.frames, 3, size, size, generator=g) * 2 - 1).to(dev)
@@ -66,6 +89,7 @@ def main():
                 for s in range(0, a.videos, a.batch):
                     x = videos[s : s + a.batch]
                     fn(x.flatten(0, 1) if flat else x)
+
         return run
 
     def loop(fn, flat=False):
@@ -73,19 +97,35 @@ def main():
             with torch.no_grad():
                 for v in videos:
                     fn(v if flat else v[None])
+
         return run
 
     cases = [
         ("I3D logits (FVD/KVD)", batched(ex["i3d"]), loop(ex["i3d"])),
         ("Inception pool3 (FID)", batched(ex["inception"], True), loop(ex["inception"], True)),
-        ("CLIP image (CLIPTemp)", batched(ex["clip"].embed_images, True), loop(ex["clip"].embed_images, True)),
-        ("OpenCV DIS FlowScore", lambda: [Fm.flow_magnitudes(v.cpu(), flow, batch_pairs=64) for v in videos],
-         lambda: [Fm.flow_magnitudes(v.cpu(), flow, batch_pairs=1) for v in videos]),
+        (
+            "CLIP image (CLIPTemp)",
+            batched(ex["clip"].embed_images, True),
+            loop(ex["clip"].embed_images, True),
+        ),
+        (
+            "OpenCV DIS FlowScore",
+            lambda: [Fm.flow_magnitudes(v.cpu(), flow, batch_pairs=64) for v in videos],
+            lambda: [Fm.flow_magnitudes(v.cpu(), flow, batch_pairs=1) for v in videos],
+        ),
     ]
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"device: {name} | torch {torch.__version__} | {'full' if a.full else 'tiny'} networks | "
-          f"{a.videos} videos x {a.frames} frames x {size}^2 | batch {a.batch}")
-    print(f"{'extractor':<26}{'per-video loop s':>18}{'batched s':>12}{'videos/s batched':>18}{'speed-up':>10}")
+    name = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {name} | torch {torch.__version__} | {'full' if a.full else 'tiny'} networks | "
+        f"{a.videos} videos x {a.frames} frames x {size}^2 | batch {a.batch}"
+    )
+    print(
+        f"{'extractor':<26}{'per-video loop s':>18}{'batched s':>12}{'videos/s batched':>18}{'speed-up':>10}"
+    )
     for label, fast, ref in cases:
         t_fast, t_ref = _time(fast, dev, a.repeat), _time(ref, dev, a.repeat)
         print(f"{label:<26}{t_ref:>18.3f}{t_fast:>12.3f}{a.videos / t_fast:>18.1f}{t_ref / t_fast:>9.2f}x")
