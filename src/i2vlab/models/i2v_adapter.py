@@ -306,6 +306,54 @@ def load_lora(
     if not unet_sd:
         raise ValueError(f"{path}: no UNet LoRA weights found")
     unet_alphas = {k: v for k, v in (alphas or {}).items() if k.startswith("unet.")} or None
+    grad = {n: p.requires_grad for n, p in unet.named_parameters()}
     unet.load_lora_adapter(unet_sd, network_alphas=unet_alphas, prefix="unet", adapter_name=adapter_name)
     unet.set_adapters([adapter_name], weights=[float(scale)])
+    # PEFT freezes everything but the LoRA weights; restore the method's selection (LoRA stays frozen)
+    for n, p in unet.named_parameters():
+        p.requires_grad_(grad.get(n, False))
     return adapter_name
+
+
+# ----------------------------------------------------------------------------------------------
+# the official release's key names (scripts/convert_i2v_adapter.py)
+# ----------------------------------------------------------------------------------------------
+_OFFICIAL_KEY = re.compile(
+    r"(?:.*?\.)?((?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\.transformer_blocks\.\d+)"
+    r"\.attn1\.(to_q_ff\.weight|to_out_ff\.weight|to_out_ff\.bias|to_q\.weight)"
+)
+
+
+def convert_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor], query_from_to_q: bool = False, prefix: str = "unet."
+) -> dict[str, torch.Tensor]:
+    """Map the official I2V-Adapter keys (AnimateDiff/diffusers-0.11 naming, e.g.
+    ``down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q_ff.weight``, with or without a
+    ``module.``/``unet.`` prefix) onto this project's names
+    (``unet.down_blocks.0.attentions.1.transformer_blocks.0.attn1.processor.to_q_ff.weight``).
+
+    The official loader (``UNet3DConditionModel.from_pretrained_ip``) overwrites ``to_q_ff`` with the
+    same block's ``to_q`` on every load; ``query_from_to_q=True`` does the same here (and it is done
+    for a block whose ``to_q_ff`` is absent). Everything else in the file (SD, motion module,
+    IP-Adapter) is ignored."""
+    blocks: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in state_dict.items():
+        m = _OFFICIAL_KEY.fullmatch(k)
+        if m and "motion_modules" not in k:
+            blocks.setdefault(m.group(1), {})[m.group(2)] = v
+    out: dict[str, torch.Tensor] = {}
+    for block, t in sorted(blocks.items()):
+        if "to_out_ff.weight" not in t:
+            continue  # a plain SD block (to_q only): not adapted
+        if "to_out_ff.bias" not in t:
+            raise KeyError(f"{block}.attn1: to_out_ff.weight without to_out_ff.bias")
+        q = t["to_q.weight"] if (query_from_to_q or "to_q_ff.weight" not in t) and "to_q.weight" in t else t.get("to_q_ff.weight")
+        if q is None:
+            raise KeyError(f"{block}.attn1: neither to_q_ff.weight nor to_q.weight in the file")
+        base = f"{prefix}{block}.attn1.processor"
+        out[f"{base}.to_q_ff.weight"] = q.clone()
+        out[f"{base}.to_out_ff.weight"] = t["to_out_ff.weight"].clone()
+        out[f"{base}.to_out_ff.bias"] = t["to_out_ff.bias"].clone()
+    if not out:
+        raise KeyError("no I2V-Adapter weights (attn1.to_out_ff.*) found in the state dict")
+    return out
