@@ -286,7 +286,9 @@ class VideoDiffusionModule(pl.LightningModule):
                 self.log(f"data/{k}", float(batch[k].max()), batch_size=b, reduce_fx="max")
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA right after each real optimizer step: before the checkpoint callbacks of the same step run
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.step(self.trainable_parameters())
 
@@ -357,7 +359,8 @@ class VideoDiffusionModule(pl.LightningModule):
             fused = all(p.is_cuda for p in params)
         opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
                                 weight_decay=float(cfg["weight_decay"]), eps=float(cfg["eps"]), fused=bool(fused))
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        trainer = self._trainer
+        total = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
         sched = get_scheduler(cfg["scheduler"], opt, num_warmup_steps=int(cfg["warmup_steps"]), num_training_steps=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
@@ -372,7 +375,7 @@ class VideoDiffusionModule(pl.LightningModule):
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
         checkpoint["rng"] = {
-            "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
@@ -389,7 +392,8 @@ class VideoDiffusionModule(pl.LightningModule):
         rng = checkpoint.get("rng")
         if rng:
             random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            kind, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
@@ -437,6 +441,12 @@ class VideoDiffusionModule(pl.LightningModule):
                     raise KeyError(f"{path}: unknown parameter {k}")
                 own[k].copy_(v.to(own[k].dtype))
         return sorted(tensors)
+
+
+def _numpy_rng_state() -> tuple:
+    """numpy's global RNG state in plain Python types (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return kind, keys.tolist(), int(pos), int(has_gauss), float(cached)
 
 
 def _log_videos(logger: Any, paths: list[Path], videos: torch.Tensor, captions: list[str], step: int) -> None:

@@ -1,0 +1,269 @@
+"""The shared core on the tiny AnimateDiff backbone: configs, trainable selection, export, resume,
+DDP, multirun, loggers, parameter reports, weight-loading errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, ROOT, compose_train, run_script
+from omegaconf import OmegaConf
+
+from i2vlab.training import instantiate_model, train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+FAST = ["trainer.max_steps=3", "trainer.val_check_interval=3", "data.num_workers=0",
+        "callbacks.model_checkpoint.every_n_train_steps=1", "method.validation.num_samples=0"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_config_composes(name, tmp_path):
+    cfg = compose_train([f"experiment={name}"], tmp_path)
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert container["method"]["_target_"].startswith("i2vlab.methods.")
+    assert container["data"]["_target_"].startswith("i2vlab.data.")
+    assert container["trainer"]["_target_"] == "pytorch_lightning.Trainer"
+
+
+def _toy_batch(dm_cfg_overrides=None):
+    from i2vlab.data.toy import make_toy_video
+    from i2vlab.utils.video_io import from_uint8_frames
+
+    vids = [make_toy_video(s, num_frames=8, height=32, width=32) for s in (1, 2)]
+    return {"video": torch.stack([from_uint8_frames(v.frames) for v in vids]), "caption": [v.caption for v in vids]}
+
+
+def test_only_configured_parameters_get_gradients_and_sit_in_the_optimizer(tmp_path):
+    cfg = compose_train(["experiment=smoke"], tmp_path)
+    model = instantiate_model(cfg)
+    names = model.configure_trainable()
+    assert names and all(".motion_modules." in n for n in names)
+    loss, _ = model.compute_loss(_toy_batch(), model.step_generator())
+    loss.mean().backward()
+    for n, p in model.named_parameters():
+        if n in names:
+            assert p.requires_grad
+        else:
+            assert not p.requires_grad and p.grad is None, n
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in names)
+    opt = model.configure_optimizers()["optimizer"]
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for n, p in model.named_parameters() if n in names}
+
+
+def test_bad_trainable_pattern_is_a_clear_error(tmp_path):
+    cfg = compose_train(["experiment=smoke", "method.trainable=[unet.no_such_layer.*]"], tmp_path)
+    model = instantiate_model(cfg)
+    with pytest.raises(ValueError, match="method.trainable"):
+        model.configure_trainable()
+
+
+def test_missing_weights_fail_early_naming_the_config_key(tmp_path):
+    from i2vlab.models.loading import WeightsNotFoundError
+
+    cfg = compose_train(["experiment=smoke", f"backbone.vae.pretrained={tmp_path}/no_vae"], tmp_path)
+    with pytest.raises(Exception) as e:
+        instantiate_model(cfg)
+    err = e.value
+    while err.__cause__ is not None and not isinstance(err, WeightsNotFoundError):
+        err = err.__cause__
+    assert isinstance(err, WeightsNotFoundError) and "backbone.vae" in str(err)
+
+
+def test_weights_load_from_a_local_pretrained_folder(tmp_path):
+    """The from_pretrained path, on small components this test saves itself."""
+    cfg = compose_train(["experiment=smoke"], tmp_path)
+    model = instantiate_model(cfg)
+    model.vae.save_pretrained(tmp_path / "sd" / "vae")
+    model.text_encoder.save_pretrained(tmp_path / "sd" / "text_encoder")
+    cfg2 = compose_train(["experiment=smoke", f"backbone.vae.pretrained={tmp_path}/sd", "+backbone.vae.subfolder=vae",
+                          f"backbone.text_encoder.pretrained={tmp_path}/sd",
+                          "+backbone.text_encoder.subfolder=text_encoder"], tmp_path)
+    torch.manual_seed(123)  # different random init: equality below comes from the loaded weights
+    model2 = instantiate_model(cfg2)
+    for a, b in zip(model.vae.state_dict().values(), model2.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(model.text_encoder.state_dict().values(), model2.text_encoder.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_smoke_training_writes_checkpoints_samples_metrics_and_export(tmp_path, toy_data):
+    cfg = compose_train(["experiment=smoke", "data.num_workers=0", "trainer.max_steps=4",
+                         "trainer.val_check_interval=4", "callbacks.model_checkpoint.every_n_train_steps=2"],
+                        tmp_path, toy_data)
+    metrics = train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "step0000004.ckpt").is_file()
+    samples = list((tmp_path / "samples").glob("*.mp4"))
+    assert len(samples) == 1
+    from i2vlab.utils.video_io import read_video
+
+    frames, _ = read_video(samples[0])
+    assert frames.shape == (8, 32, 32, 3)
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("perf/samples_per_sec") for r in rows)
+    assert any(r.get("val/loss") for r in rows) and any(r.get("val/loss_stratum03") for r in rows)
+    assert "val/loss" in metrics
+    assert (tmp_path / "export" / "trainable.safetensors").is_file() and (tmp_path / "export" / "config.yaml").is_file()
+
+
+def test_exported_trainable_weights_load_into_a_fresh_model(tmp_path, toy_data):
+    from safetensors.torch import load_file
+
+    cfg = compose_train(["experiment=smoke", *FAST, "optimizer.lr=1e-2"], tmp_path, toy_data)
+    train(cfg)
+    export = tmp_path / "export" / "trainable.safetensors"
+    tensors = load_file(str(export))
+    fresh = instantiate_model(cfg)
+    names = fresh.configure_trainable()
+    assert set(tensors) == set(names)  # only trainable weights are exported
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters() if n in tensors}
+    fresh.load_trainable(export)
+    own = dict(fresh.named_parameters())
+    assert all(torch.equal(own[n], tensors[n]) for n in tensors)
+    assert any(not torch.equal(before[n], tensors[n]) for n in tensors)  # training changed them
+    # the sampling loader rebuilds the run and reproduces the trained weights
+    from i2vlab.sampling import load_method
+
+    loaded = load_method(tmp_path)
+    assert all(torch.equal(dict(loaded.named_parameters())[n], tensors[n]) for n in tensors)
+    with pytest.raises(RuntimeError, match="do not match"):
+        fresh.load_trainable(_write_partial(tmp_path, tensors))
+
+
+def _write_partial(tmp_path: Path, tensors: dict) -> Path:
+    from safetensors.torch import save_file
+
+    part = dict(list(tensors.items())[: len(tensors) // 2])
+    save_file(part, str(tmp_path / "partial.safetensors"))
+    return tmp_path / "partial.safetensors"
+
+
+def _trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise-reproducible CPU kernels (multi-threaded reductions may reorder float sums)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, toy_data, one_thread):
+    """Stop after 3 steps, resume with ckpt_path=last to 6: same weights as an uninterrupted 6-step run."""
+    common = ["experiment=smoke", "data.num_workers=1", "method.validation.num_samples=0",
+              "callbacks.model_checkpoint.every_n_train_steps=1", "trainer.val_check_interval=100",
+              "method.ema={decay: 0.9}"]
+    full = compose_train([*common, "trainer.max_steps=6"], tmp_path / "full", toy_data)
+    train(full)
+    ref = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+
+    part = compose_train([*common, "trainer.max_steps=3"], tmp_path / "resumed", toy_data)
+    train(part)
+    ck3 = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck3["global_step"] == 3 and "ema" in ck3 and "rng" in ck3
+    resumed = compose_train([*common, "trainer.max_steps=6", "ckpt_path=last"], tmp_path / "resumed", toy_data)
+    train(resumed)
+    got = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert got["global_step"] == 6
+    # the resumed optimizer started from the saved state (step counts continue from 3)
+    st = next(iter(got["optimizer_states"][0]["state"].values()))
+    assert int(st["step"]) == 6
+    for k, v in ref["state_dict"].items():
+        assert torch.allclose(got["state_dict"][k], v, atol=1e-6), k
+    for a, b in zip(ref["ema"]["shadow_params"], got["ema"]["shadow_params"]):
+        assert torch.allclose(a, b, atol=1e-6)
+    rows = list(csv.DictReader(open(tmp_path / "resumed" / "csv" / "version_0" / "metrics.csv")))
+    steps = sorted({int(r["step"]) for r in rows if r.get("train/loss")})
+    assert steps == list(range(6))  # one CSV, steps 0..5, logged across both runs
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, toy_data):
+    cfg = compose_train(["experiment=smoke", "ckpt_path=last"], tmp_path, toy_data)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(cfg)
+
+
+def test_init_from_copies_matching_weights(tmp_path, toy_data):
+    cfg = compose_train(["experiment=smoke", *FAST, "optimizer.lr=1e-2"], tmp_path / "a", toy_data)
+    train(cfg)
+    cfg2 = compose_train(["experiment=smoke", f"init_from={tmp_path}/a/export/trainable.safetensors"], tmp_path / "b")
+    m = instantiate_model(cfg2)
+    loaded = m.init_from(cfg2.init_from)
+    assert set(loaded) == set(m.configure_trainable())
+
+
+def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path):
+    from i2vlab.callbacks import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"a": torch.ones(3)}, tmp_path / "c.ckpt")
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"a": torch.zeros(3), "b": Boom()}, tmp_path / "c.ckpt")
+    assert torch.equal(torch.load(tmp_path / "c.ckpt")["a"], torch.ones(3))  # old file intact
+
+
+def test_param_report_full_size_on_meta_device():
+    proc = run_script(["scripts/param_report.py", "backbone=sd15_animatediff", "method=animatediff", "+meta=true"])
+    last = proc.stdout.strip().splitlines()[-1]
+    # SD1.5 UNet (859,520,964) + AnimateDiff v1-5-2 motion modules (453,209,280); VAE; CLIP-L text
+    assert last == "trainable=453209280 frozen=1066235307"
+    assert "meta device" in proc.stdout
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path, toy_data):
+    out = tmp_path / "ddp"
+    run_script(["train.py", "experiment=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                "trainer.precision=32-true", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                "data.num_workers=0", "method.validation.num_samples=0", f"paths.data_dir={toy_data}",
+                f"hydra.run.dir={out}"], timeout=400)
+    ck = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck["global_step"] == 2
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name.startswith("train_ddp")) == []
+    # one run directory: both ranks logged into it, none elsewhere
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file()
+    assert (out / "export" / "trainable.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_directory_per_job(tmp_path, toy_data):
+    sweep = tmp_path / "sweep"
+    run_script(["train.py", "-m", "experiment=smoke", "optimizer.lr=1e-4,2e-4", "trainer.max_steps=1",
+                "trainer.val_check_interval=1", "data.num_workers=0", "method.validation.num_samples=0",
+                f"paths.data_dir={toy_data}", f"hydra.sweep.dir={sweep}"], timeout=400)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    lrs = [OmegaConf.load(sweep / j / ".hydra" / "config.yaml").optimizer.lr for j in jobs]
+    assert lrs == [1e-4, 2e-4]
+    for j in jobs:
+        assert (sweep / j / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_offline_and_tensorboard_loggers_resume_the_same_run(tmp_path, toy_data):
+    import wandb
+
+    from i2vlab.utils.config import run_id
+
+    common = ["experiment=smoke", "logger=all", "data.num_workers=0",
+              "method.validation.num_samples=0", "trainer.val_check_interval=100"]
+    train(compose_train([*common, "trainer.max_steps=2"], tmp_path, toy_data))
+    wandb.finish()
+    train(compose_train([*common, "trainer.max_steps=3", "ckpt_path=last"], tmp_path, toy_data))
+    wandb.finish()
+    runs = [p.name for p in (tmp_path / "wandb").iterdir() if p.name.startswith("offline-run")]
+    ids = {r.rsplit("-", 1)[-1] for r in runs}
+    assert len(runs) == 2 and ids == {run_id(str(tmp_path))}  # two sessions of one wandb run
+    events = list((tmp_path / "tensorboard" / "version_0").glob("events.*"))
+    assert len(events) >= 1 and not (tmp_path / "tensorboard" / "version_1").exists()
