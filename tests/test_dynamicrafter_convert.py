@@ -354,3 +354,82 @@ def test_param_report_meta_full_size():
     )
     assert tr == OFFICIAL_UNET_256 + OFFICIAL_RESAMPLER - temporal
     assert fr > 1_000_000_000  # VAE + OpenCLIP-H text + CLIP-H vision + temporal layers
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, CONF.parent / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_convert_script_and_builders_load_official_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from i2vlab.models.dynamicrafter import build_resampler, build_unet3d
+
+    cfg = _compose(["backbone=tiny_dynamicrafter", "method=dynamicrafter"])
+    rcfg = dict(cfg.backbone.image_proj_model.config)
+    sd = _synthetic(official_unet_shapes(**TINY_OFFICIAL), "model.diffusion_model.")
+    sd.update(_synthetic(official_resampler_shapes(**rcfg), "image_proj_model.", seed=1))
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": sd}, ckpt)
+    out = _script("convert_dynamicrafter").main(
+        ["--ckpt", str(ckpt), "--backbone", "tiny_dynamicrafter", "--out", str(tmp_path / "conv")]
+    )
+    from omegaconf import OmegaConf
+
+    ucfg = OmegaConf.to_container(cfg.backbone.unet.config, resolve=True)
+    direct = build_unet3d("backbone.unet", ucfg, pretrained=str(ckpt))
+    folder = build_unet3d("backbone.unet", ucfg, pretrained=str(out / "unet"))
+    ref = convert_unet_state_dict(sd, direct.config)
+    for k, v in ref.items():
+        assert torch.equal(direct.state_dict()[k], v) and torch.equal(folder.state_dict()[k], v)
+    res = build_resampler("backbone.image_proj_model", rcfg, pretrained=str(ckpt))
+    torch.testing.assert_close(res.latents, sd["image_proj_model.latents"])
+    flat = load_file(str(out / "trainable.safetensors"))
+    assert torch.equal(flat["unet.conv_in.weight"], sd["model.diffusion_model.input_blocks.0.0.weight"])
+    assert "image_proj_model.layers.0.attn.to_k.weight" in flat
+    # a 4-channel (T2V) checkpoint into the 8-channel model: new channels zero
+    sd4 = dict(sd)
+    sd4["model.diffusion_model.input_blocks.0.0.weight"] = sd[
+        "model.diffusion_model.input_blocks.0.0.weight"
+    ][:, :4]
+    torch.save({"state_dict": sd4}, tmp_path / "t2v.ckpt")
+    wide = build_unet3d("backbone.unet", ucfg, pretrained=str(tmp_path / "t2v.ckpt")).conv_in.weight
+    assert (
+        torch.equal(wide[:, :4], sd4["model.diffusion_model.input_blocks.0.0.weight"])
+        and not wide[:, 4:].any()
+    )
+    back = _script("convert_dynamicrafter").main(
+        ["--ckpt", str(out), "--to-official", "--out", str(tmp_path / "o.ckpt")]
+    )
+    sd_back = torch.load(back, weights_only=True)["state_dict"]
+    assert set(sd_back) == set(sd) and all(torch.equal(sd_back[k], sd[k]) for k in sd)
+
+
+def test_missing_official_checkpoint_names_the_key(tmp_path):
+    from i2vlab.models.dynamicrafter import build_unet3d
+    from i2vlab.models.loading import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="backbone.unet.pretrained"):
+        build_unet3d("backbone.unet", TINY_OURS, pretrained=str(tmp_path / "missing" / "model.ckpt"))
+
+
+def test_plot_lambda_from_export(tmp_path):
+    from safetensors.torch import save_file
+
+    alphas = {
+        "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor.alpha": 0.5,
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.alpha": -0.2,
+        "unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.alpha": 0.0,
+    }
+    save_file({k: torch.tensor(v) for k, v in alphas.items()}, str(tmp_path / "e.safetensors"))
+    out = _script("plot_lambda").main([str(tmp_path / "e.safetensors"), "--out", str(tmp_path / "l.png")])
+    assert out.is_file() and out.stat().st_size > 0
+    rows = out.with_suffix(".csv").read_text().splitlines()[1:]
+    vals = [float(r.split(",")[2]) for r in rows]
+    assert [r.split(".")[1] for r in rows] == ["down_blocks", "mid_block", "up_blocks"]  # forward order
+    assert vals == pytest.approx([math.tanh(-0.2) + 1, 1.0, math.tanh(0.5) + 1], abs=1e-6)
