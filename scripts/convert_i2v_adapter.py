@@ -58,15 +58,23 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", required=True, help="official checkpoint (.pth/.ckpt/.bin/.safetensors)")
     ap.add_argument("--dst", required=True, help="output .safetensors")
-    ap.add_argument("--query-from-to-q", action="store_true", help="to_q_ff <- to_q, as the official loader does")
-    ap.add_argument("--check", nargs="*", default=None, help="train.py overrides of the target config (meta build)")
+    ap.add_argument(
+        "--query-from-to-q", action="store_true", help="to_q_ff <- to_q, as the official loader does"
+    )
+    ap.add_argument(
+        "--check", nargs="*", default=None, help="train.py overrides of the target config (meta build)"
+    )
     a = ap.parse_args(argv)
     tensors = convert_official_state_dict(read(Path(a.src)), query_from_to_q=a.query_from_to_q)
     if a.check is not None:
         check(tensors, a.check)
     dst = Path(a.dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst), metadata={"format": "pt", "method": "I2VAdapter"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(dst),
+        metadata={"format": "pt", "method": "I2VAdapter"},
+    )
     n = sum(v.numel() for v in tensors.values())
     print(f"wrote {len(tensors)} tensors ({n:,} parameters, {len(tensors) // 3} layers) to {dst}")
     return dst

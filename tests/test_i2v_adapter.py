@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,27 @@ REPO = Path(__file__).resolve().parents[1]
 F = 4  # frames in these tests
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared, oversubscribed CPU: one intra-op thread is ~100x faster than spinning many."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def compose_cfg(tmp: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[
-            "experiment=toy_i2v_adapter", f"paths.output_dir={tmp}", f"paths.root_dir={REPO}",
-            f"paths.data_dir={tmp}/data", *overrides,
-        ])
+        return compose(
+            "train",
+            overrides=[
+                "experiment=toy_i2v_adapter",
+                f"paths.output_dir={tmp}",
+                f"paths.root_dir={REPO}",
+                f"paths.data_dir={tmp}/data",
+                *overrides,
+            ],
+        )
 
 
 def build(cfg):
@@ -54,7 +70,10 @@ def module(cfg):
 
 def batch(b: int = 2, f: int = F, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"video": torch.rand(b, f, 3, 16, 16, generator=g) * 2 - 1, "caption": ["a red ball", "blue square"][:b]}
+    return {
+        "video": torch.rand(b, f, 3, 16, 16, generator=g) * 2 - 1,
+        "caption": ["a red ball", "blue square"][:b],
+    }
 
 
 def unet_inputs(unet, b=2, f=F, seed=0):
@@ -89,8 +108,12 @@ def test_adapted_unet_equals_stock_unet_at_init(cfg):
 def test_full_module_unet_equals_unet_without_first_frame_branch(module):
     """With the content adapter installed too: removing the new processors changes nothing at init."""
     stock = copy.deepcopy(module.unet)
-    stock.set_attn_processor({k: (AttnProcessor2_0() if isinstance(p, FirstFrameAttnProcessor) else p)
-                              for k, p in stock.attn_processors.items()})
+    stock.set_attn_processor(
+        {
+            k: (AttnProcessor2_0() if isinstance(p, FirstFrameAttnProcessor) else p)
+            for k, p in stock.attn_processors.items()
+        }
+    )
     x, t, ehs = unet_inputs(stock)
     img = {"added_cond_kwargs": {"image_embeds": [torch.randn(2, 1, 17, 32)]}}
     with torch.no_grad():
@@ -292,7 +315,9 @@ def test_fsp_keep_probability_p_and_blur():
 def _ddim_standalone():
     from diffusers import DDIMScheduler
 
-    s = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False)
+    s = DDIMScheduler(
+        beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False
+    )
     s.set_timesteps(25)
     return s
 
@@ -303,8 +328,18 @@ def test_frame0_stays_clean_at_every_sampling_step(module, fsp):
     cap = _Capture()
     h = module.unet.register_forward_pre_hook(cap, with_kwargs=True)
     try:
-        video, latents = sample_i2v(module, ["a red ball"], images, num_frames=F, seed=7, num_inference_steps=5,
-                                    guidance_scale=7.5, fsp=fsp, fsp_t0=0.5 if fsp else None, return_latents=True)
+        video, latents = sample_i2v(
+            module,
+            ["a red ball"],
+            images,
+            num_frames=F,
+            seed=7,
+            num_inference_steps=5,
+            guidance_scale=7.5,
+            fsp=fsp,
+            fsp_t0=0.5 if fsp else None,
+            return_latents=True,
+        )
     finally:
         h.remove()
     z1 = module.encode_image(images, generator=torch.Generator().manual_seed(7))
@@ -363,8 +398,11 @@ def test_converter_maps_official_names(cfg, tmp_path):
     official, expect = {}, {}
     for name, p in procs.items():
         block = name[: -len(".attn1.processor")]
-        for k, param in [("to_q_ff.weight", p.to_q_ff.weight), ("to_out_ff.weight", p.to_out_ff.weight),
-                         ("to_out_ff.bias", p.to_out_ff.bias)]:
+        for k, param in [
+            ("to_q_ff.weight", p.to_q_ff.weight),
+            ("to_out_ff.weight", p.to_out_ff.weight),
+            ("to_out_ff.bias", p.to_out_ff.bias),
+        ]:
             v = torch.randn(param.shape, generator=g)
             official[f"module.{block}.attn1.{k}"] = v
             expect[f"unet.{name}.{k}"] = v
@@ -372,21 +410,26 @@ def test_converter_maps_official_names(cfg, tmp_path):
         official[f"module.{block}.attn1.to_q.weight"] = torch.randn(attn.to_q.weight.shape, generator=g)
         official[f"module.{block}.attn1.to_k.weight"] = torch.randn(attn.to_k.weight.shape, generator=g)
     official["module.down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"] = torch.randn(4, 4)
-    official["module.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k_ip.weight"] = torch.randn(4, 4)
+    official["module.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k_ip.weight"] = torch.randn(
+        4, 4
+    )
     conv = convert_official_state_dict(official)
     assert conv.keys() == expect.keys() and all(torch.equal(conv[k], expect[k]) for k in expect)
     # the official loader's behaviour: to_q_ff <- to_q
     conv_q = convert_official_state_dict(official, query_from_to_q=True)
     for k in conv_q:
         if k.endswith("to_q_ff.weight"):
-            src = "module." + k[len("unet."):].replace(".processor.to_q_ff", ".to_q")
+            src = "module." + k[len("unet.") :].replace(".processor.to_q_ff", ".to_q")
             assert torch.equal(conv_q[k], official[src])
     # the script end to end, then load into the method
     src = tmp_path / "official.pth"
     torch.save({"state_dict": official}, src)
     dst = tmp_path / "adapter.safetensors"
-    subprocess.run([sys.executable, str(REPO / "scripts/convert_i2v_adapter.py"), "--src", str(src), "--dst", str(dst)],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/convert_i2v_adapter.py"), "--src", str(src), "--dst", str(dst)],
+        check=True,
+        cwd=REPO,
+    )
     loaded = m.load_adapter(dst)
     assert set(loaded) == set(m.configure_trainable()) == set(load_file(str(dst)))
     for k, v in dict(m.named_parameters()).items():
@@ -399,11 +442,28 @@ def test_full_size_trainable_parameter_count_on_meta():
     import subprocess
     import sys
 
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts/param_report.py"), "backbone=sd15_animatediff_ipplus", "method=i2v_adapter",
-         "+meta=true"], check=True, cwd=REPO, capture_output=True, text=True,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts/param_report.py"),
+                "backbone=sd15_animatediff_ipplus",
+                "method=i2v_adapter",
+                "+meta=true",
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     assert out[-1].startswith("trainable=24793280 ")
     # 16 layers: 6 down, 1 mid, 9 up, 2C^2 + C each
-    expect = sum(2 * c * c + c for c in [320] * 2 + [640] * 2 + [1280] * 2 + [1280] + [1280] * 3 + [640] * 3 + [320] * 3)
+    expect = sum(
+        2 * c * c + c
+        for c in [320] * 2 + [640] * 2 + [1280] * 2 + [1280] + [1280] * 3 + [640] * 3 + [320] * 3
+    )
     assert expect == 24793280

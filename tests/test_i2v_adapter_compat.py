@@ -18,10 +18,27 @@ F = 4
 KW = {"num_frames": F, "seed": 3, "num_inference_steps": 2, "color_match_frames": False}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared, oversubscribed CPU: one intra-op thread is ~100x faster than spinning many."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def build(tmp: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=toy_i2v_adapter", f"paths.output_dir={tmp}",
-                                          f"paths.root_dir={REPO}", f"paths.data_dir={tmp}/data", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=toy_i2v_adapter",
+                f"paths.output_dir={tmp}",
+                f"paths.root_dir={REPO}",
+                f"paths.data_dir={tmp}/data",
+                *overrides,
+            ],
+        )
     torch.manual_seed(0)
     m = instantiate(cfg.method, _convert_="partial")
     m.configure_trainable()
@@ -44,9 +61,16 @@ def image():
 def tiny_unet2d(seed: int = 1) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
-        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=2,
     )
 
 
@@ -88,10 +112,15 @@ def test_lora_loads_through_peft_and_changes_the_sample(module, image, tmp_path)
     from peft.utils import get_peft_model_state_dict
 
     unet2d = tiny_unet2d()
-    unet2d.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                  init_lora_weights=False))
+    unet2d.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+        )
+    )
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet2d))
-    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "lora", unet_lora_layers=layers, safe_serialization=True
+    )
     trainable = list(module.configure_trainable())
     ref = module.sample(["a ball"], image, **KW)
     out = module.sample(["a ball"], image, lora=str(tmp_path / "lora"), lora_scale=1.0, **KW)
@@ -111,8 +140,13 @@ def test_controlnet_per_frame_conditioning(module, image, tmp_path):
 
     torch.manual_seed(4)
     cn = ControlNetModel(
-        in_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), block_out_channels=(32, 64),
-        layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2,
+        in_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=2,
         conditioning_embedding_out_channels=(8, 16),
     ).eval()
     with torch.no_grad():  # ControlNet's zero convolutions start at zero: give them weights
@@ -123,8 +157,12 @@ def test_controlnet_per_frame_conditioning(module, image, tmp_path):
     control = torch.rand(1, F, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     kw = {k: v for k, v in KW.items() if k != "color_match_frames"}
     ref, lat_ref = sample_i2v(module, ["a ball"], image, return_latents=True, **kw)
-    off = sample_i2v(module, ["a ball"], image, controlnet=cn, control_frames=control, controlnet_scale=0.0, **kw)
-    on, lat_on = sample_i2v(module, ["a ball"], image, controlnet=cn, control_frames=control, return_latents=True, **kw)
+    off = sample_i2v(
+        module, ["a ball"], image, controlnet=cn, control_frames=control, controlnet_scale=0.0, **kw
+    )
+    on, lat_on = sample_i2v(
+        module, ["a ball"], image, controlnet=cn, control_frames=control, return_latents=True, **kw
+    )
     assert torch.equal(off, ref)  # zero conditioning scale: the residuals vanish
     assert not torch.equal(on, ref)
     assert torch.equal(lat_on[:, :, 0], lat_ref[:, :, 0])  # the first frame stays the clean image latent
@@ -132,8 +170,13 @@ def test_controlnet_per_frame_conditioning(module, image, tmp_path):
     cn.save_pretrained(tmp_path / "controlnet")
     # (a 32x32 file: decord fails on 16x16 mp4s; frames are resized to the sample size)
     write_video(tmp_path / "control.mp4", torch.nn.functional.interpolate(control[0], size=(32, 32)) * 2 - 1)
-    out = module.sample(["a ball"], image, controlnet=str(tmp_path / "controlnet"),
-                        control_video=str(tmp_path / "control.mp4"), **KW)
+    out = module.sample(
+        ["a ball"],
+        image,
+        controlnet=str(tmp_path / "controlnet"),
+        control_video=str(tmp_path / "control.mp4"),
+        **KW,
+    )
     assert out.shape == (1, F, 3, 16, 16) and not torch.equal(out, ref)
 
 
@@ -147,15 +190,29 @@ def _official_ip_adapter_plus(unet, image_proj: dict, seed: int = 0) -> dict:
     e, o, h = image_proj["embed_dims"], image_proj["output_dims"], image_proj["hidden_dims"]
     inner = image_proj["heads"] * image_proj["dim_head"]
     ff = int(h * image_proj["ffn_ratio"])
-    proj = {"latents": r(1, image_proj["num_queries"], h), "proj_in.weight": r(h, e), "proj_in.bias": r(h),
-            "proj_out.weight": r(o, h), "proj_out.bias": r(o), "norm_out.weight": 1 + r(o), "norm_out.bias": r(o)}
+    proj = {
+        "latents": r(1, image_proj["num_queries"], h),
+        "proj_in.weight": r(h, e),
+        "proj_in.bias": r(h),
+        "proj_out.weight": r(o, h),
+        "proj_out.bias": r(o),
+        "norm_out.weight": 1 + r(o),
+        "norm_out.bias": r(o),
+    }
     for i in range(image_proj["depth"]):
-        proj |= {f"layers.{i}.0.norm1.weight": 1 + r(h), f"layers.{i}.0.norm1.bias": r(h),
-                 f"layers.{i}.0.norm2.weight": 1 + r(h), f"layers.{i}.0.norm2.bias": r(h),
-                 f"layers.{i}.0.to_q.weight": r(inner, h), f"layers.{i}.0.to_kv.weight": r(2 * inner, h),
-                 f"layers.{i}.0.to_out.weight": r(h, inner),
-                 f"layers.{i}.1.0.weight": 1 + r(h), f"layers.{i}.1.0.bias": r(h),
-                 f"layers.{i}.1.1.weight": r(ff, h), f"layers.{i}.1.3.weight": r(h, ff)}
+        proj |= {
+            f"layers.{i}.0.norm1.weight": 1 + r(h),
+            f"layers.{i}.0.norm1.bias": r(h),
+            f"layers.{i}.0.norm2.weight": 1 + r(h),
+            f"layers.{i}.0.norm2.bias": r(h),
+            f"layers.{i}.0.to_q.weight": r(inner, h),
+            f"layers.{i}.0.to_kv.weight": r(2 * inner, h),
+            f"layers.{i}.0.to_out.weight": r(h, inner),
+            f"layers.{i}.1.0.weight": 1 + r(h),
+            f"layers.{i}.1.0.bias": r(h),
+            f"layers.{i}.1.1.weight": r(ff, h),
+            f"layers.{i}.1.3.weight": r(h, ff),
+        }
     ip, key_id = {}, 1
     for name in unet.attn_processors:
         if name.endswith("attn2.processor") and "motion_modules" not in name:
@@ -174,8 +231,15 @@ def test_content_adapter_loads_published_format_through_diffusers(tmp_path, imag
 
     base = build(tmp_path)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=toy_i2v_adapter", f"paths.output_dir={tmp_path}",
-                                          f"paths.root_dir={REPO}", f"paths.data_dir={tmp_path}/data"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=toy_i2v_adapter",
+                f"paths.output_dir={tmp_path}",
+                f"paths.root_dir={REPO}",
+                f"paths.data_dir={tmp_path}/data",
+            ],
+        )
     ip_cfg = OmegaConf.to_container(cfg.backbone.content_adapter.image_proj)
     sd = _official_ip_adapter_plus(base.unet, ip_cfg)
     flat = {f"{k}.{n}": v for k, d in sd.items() for n, v in d.items()}
@@ -200,5 +264,7 @@ def test_content_adapter_loads_published_format_through_diffusers(tmp_path, imag
         y0 = m.unet(x, 500, ehs, added_cond_kwargs={"image_embeds": [e0]}).sample
     assert not torch.allclose(y1, y0)
     assert not any(p.requires_grad for n, p in m.named_parameters() if "ip" in n or "encoder_hid_proj" in n)
-    with pytest.raises(Exception, match="backbone.content_adapter.pretrained"):  # WeightsNotFoundError via Hydra
+    with pytest.raises(
+        Exception, match="backbone.content_adapter.pretrained"
+    ):  # WeightsNotFoundError via Hydra
         build(tmp_path, f"backbone.content_adapter.pretrained={tmp_path}/missing/ip.safetensors")

@@ -3,6 +3,7 @@ experiment runs end to end (train.py -> export -> scripts/sample.py -> mp4, FSP 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,29 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared, oversubscribed CPU: one intra-op thread is ~100x faster than spinning many."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_loss_falls_with_only_the_adapter_training(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=toy_i2v_adapter", f"paths.output_dir={tmp_path}",
-                                          f"paths.root_dir={REPO}", f"paths.data_dir={tmp_path}/data"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=toy_i2v_adapter",
+                f"paths.output_dir={tmp_path}",
+                f"paths.root_dir={REPO}",
+                f"paths.data_dir={tmp_path}/data",
+            ],
+        )
     torch.manual_seed(0)
     m = instantiate(cfg.method, _convert_="partial")
     params = m.trainable_parameters()
@@ -56,10 +74,23 @@ def test_loss_falls_with_only_the_adapter_training(tmp_path):
 def test_toy_experiment_end_to_end(tmp_path):
     run = tmp_path / "run"
     subprocess.run(
-        [sys.executable, "train.py", "experiment=toy_i2v_adapter", "trainer.max_steps=3", "trainer.val_check_interval=3",
-         "callbacks.model_checkpoint.every_n_train_steps=3", "method.validation.num_samples=0", "data.num_frames=4",
-         f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={run}"],
-        check=True, cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "train.py",
+            "experiment=toy_i2v_adapter",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "callbacks.model_checkpoint.every_n_train_steps=3",
+            "method.validation.num_samples=0",
+            "data.num_frames=4",
+            f"paths.data_dir={tmp_path}/data",
+            f"hydra.run.dir={run}",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=ENV,
     )
     assert (run / "export" / "trainable.safetensors").is_file()
     from PIL import Image
@@ -71,9 +102,28 @@ def test_toy_experiment_end_to_end(tmp_path):
     for name, sets in [("fsp", ["fsp=true", "fsp_t0=0.8"]), ("nofsp", ["fsp=false"])]:
         out = tmp_path / f"{name}.mp4"
         subprocess.run(
-            [sys.executable, "scripts/sample.py", "--run", str(run), "--image", str(img), "--prompt", "a red ball",
-             "--num-frames", "4", "--out", str(out), "--set", "num_inference_steps=3", *sets],
-            check=True, cwd=REPO, capture_output=True, text=True,
+            [
+                sys.executable,
+                "scripts/sample.py",
+                "--run",
+                str(run),
+                "--image",
+                str(img),
+                "--prompt",
+                "a red ball",
+                "--num-frames",
+                "4",
+                "--out",
+                str(out),
+                "--set",
+                "num_inference_steps=3",
+                *sets,
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=ENV,
         )
         frames, _ = read_video(out)
         assert frames.shape[0] == 4

@@ -347,7 +347,11 @@ def convert_official_state_dict(
             continue  # a plain SD block (to_q only): not adapted
         if "to_out_ff.bias" not in t:
             raise KeyError(f"{block}.attn1: to_out_ff.weight without to_out_ff.bias")
-        q = t["to_q.weight"] if (query_from_to_q or "to_q_ff.weight" not in t) and "to_q.weight" in t else t.get("to_q_ff.weight")
+        q = (
+            t["to_q.weight"]
+            if (query_from_to_q or "to_q_ff.weight" not in t) and "to_q.weight" in t
+            else t.get("to_q_ff.weight")
+        )
         if q is None:
             raise KeyError(f"{block}.attn1: neither to_q_ff.weight nor to_q.weight in the file")
         base = f"{prefix}{block}.attn1.processor"
