@@ -108,11 +108,18 @@ def _initial_latents(
     sigmas: torch.Tensor,
     generator: torch.Generator,
     device,
+    latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Initial x: unit Gaussian noise (b f c h w; ``latents`` if given, as in diffusers pipelines)
+    times ``init_noise_sigma``."""
     c = module.unet.config.out_channels
     f = 2 ** (len(module.vae.config.block_out_channels) - 1)
     shape = (batch, num_frames, c, height // f, width // f)
-    return torch.randn(shape, generator=generator, device=device) * init_noise_sigma(sigmas)
+    if latents is None:
+        latents = torch.randn(shape, generator=generator, device=device)
+    elif tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape} (b f c h w), got {tuple(latents.shape)}")
+    return latents.to(device, torch.float32) * init_noise_sigma(sigmas)
 
 
 def _check_keyframes(first: torch.Tensor, last: torch.Tensor, module) -> None:
@@ -141,13 +148,15 @@ def sample_inbetween(
     noise_injection_steps: int = 5,
     noise_injection_ratio: float = 0.5,
     seed: int = 0,
+    latents: torch.Tensor | None = None,
     forward_unet=None,
     backward_unet=None,
     noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
     return_latents: bool = False,
 ) -> torch.Tensor:
     """Bidirectional fused sampling. ``forward_unet`` defaults to ``module.ref_unet`` (frozen SVD,
-    records maps), ``backward_unet`` to ``module.unet`` (fine-tuned, rotated maps). Returns the video
+    records maps), ``backward_unet`` to ``module.unet`` (fine-tuned, rotated maps); ``latents``:
+    initial unit noise (b f c h w); ``noise_sampler``: re-injection noise (default: seeded Gaussian). Returns the video
     (b f c h w) in [-1, 1], or the final latents with ``return_latents``."""
     _check_keyframes(first, last, module)
     fwd = forward_unet if forward_unet is not None else module.ref_unet
@@ -157,7 +166,7 @@ def sample_inbetween(
     cfg = max_guidance_scale > 1.0
     c0, c1 = encode_keyframes(module, first, last, g, cfg, fps, motion_bucket_id, noise_aug_strength)
     sigmas = sampling_sigmas(module.noise_scheduler, num_inference_steps)
-    z = _initial_latents(module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device)
+    z = _initial_latents(module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents)
 
     ramp = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device)
     if weighted_average:  # per-frame fusion weights, unsymmetrised CFG ramp
@@ -225,6 +234,7 @@ def sample_trf(
     repeat_step_ratio: float = 0.8,
     noise_scale_ratio: float = 1.0,
     seed: int = 0,
+    latents: torch.Tensor | None = None,
     unet=None,
     return_latents: bool = False,
 ) -> torch.Tensor:
@@ -236,7 +246,7 @@ def sample_trf(
     cfg = max_guidance_scale > 1.0
     c_fwd, c_bwd = encode_keyframes(module, first, last, g, cfg, fps, motion_bucket_id, noise_aug_strength)
     sigmas = sampling_sigmas(module.noise_scheduler, num_inference_steps)
-    z = _initial_latents(module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device)
+    z = _initial_latents(module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents)
     guidance = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device) if cfg else None
     w = frame_ramp(num_frames, 1.0, 0.0, b, device)
 
