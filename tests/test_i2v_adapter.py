@@ -435,6 +435,28 @@ def test_converter_maps_official_names(cfg, tmp_path):
     for k, v in dict(m.named_parameters()).items():
         if k in expect:
             assert torch.equal(v, expect[k])
+    # with a config beside it, the converted file is a "run" that load_method / scripts/sample.py accept
+    dst2 = tmp_path / "conv" / "adapter.safetensors"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/convert_i2v_adapter.py"),
+            "--src",
+            str(src),
+            "--dst",
+            str(dst2),
+            "--write-config",
+            "experiment=toy_i2v_adapter",
+        ],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    from i2vlab.sampling import load_method
+
+    loaded_m = load_method(dst2)
+    own = dict(loaded_m.named_parameters())
+    assert all(torch.equal(own[k], v) for k, v in expect.items())
 
 
 @pytest.mark.slow
