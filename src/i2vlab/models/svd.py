@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from i2vlab.models.loading import check_weights, load_or_build, on_meta, to_plain
 
@@ -206,12 +205,3 @@ def svd_unet_forward(
         added_time_ids=time_ids.to(dtype),
         return_dict=False,
     )[0]
-
-
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Resize (b c h w) so both sides are multiples of ``multiple`` (bilinear; a no-op if they are)."""
-    h, w = image.shape[-2:]
-    nh, nw = max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
-    if (nh, nw) == (h, w):
-        return image
-    return F.interpolate(image, size=(nh, nw), mode="bilinear", align_corners=False)
