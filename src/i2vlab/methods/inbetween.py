@@ -232,6 +232,7 @@ class GenerativeInbetweening(VideoDiffusionModule):
         Returns (b f c h w) in [-1, 1]."""
         opts = {**self.sampling_cfg, **kwargs}
         mode = opts.pop("method", "ours")
+        opts.pop("seed", None)  # the explicit argument wins over a configured default
         if last_images is None:
             last_images = opts.pop("last_images", None)
         opts.pop("last_images", None)
