@@ -450,3 +450,15 @@ def test_full_size_trainable_count_on_meta_device():
     assert report.splitlines()[-1].startswith("trainable=24780800 ")
     frozen = int(report.splitlines()[-1].split("frozen=")[1])
     assert frozen > 3_000_000_000  # two SVD UNets + VAE + CLIP ViT-H, all built on meta
+
+
+def test_missing_svd_weights_fail_at_start_naming_the_config_key(tmp_path):
+    from hydra.errors import InstantiationException
+
+    cfg = compose_cfg(
+        ["backbone=svd", "method=inbetween", f"backbone.pretrained={tmp_path}/no-svd"], tmp_path
+    )
+    with pytest.raises(
+        InstantiationException, match=r"WeightsNotFoundError.*backbone\.unet.*stable-video-diffusion"
+    ):
+        instantiate(cfg.method, _convert_="partial")
