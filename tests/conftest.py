@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
+# One BLAS/OpenMP thread per test process: tiny models on 2 shared cores run many times faster than
+# with oversubscribed threads (pytest-xdist already runs one process per core). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

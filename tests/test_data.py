@@ -192,3 +192,17 @@ def test_mp4_bytes_are_readable_from_memory():
     data = encode_mp4(v)
     assert isinstance(data, bytes) and io.BytesIO(data).getbuffer().nbytes > 100
     assert read_video(data)[0].shape[0] == 5
+
+
+def test_validation_clips_split_evenly_across_ranks_even_with_one_shard(toy_data, monkeypatch):
+    """Every rank gets the same number of distinct validation clips (uneven counts deadlock DDP)."""
+    dm = VideoDataModule(str(toy_data / "toy" / "train"), str(toy_data / "toy" / "val"), batch_size=1,
+                         num_workers=0, num_frames=4, resolution=(32, 32), val_num_samples=4)
+    keys = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        dm.setup("fit")
+        keys.append([k for b in dm.val_dataloader() for k in b["key"]])
+    assert len(list((toy_data / "toy" / "val").glob("*.tar"))) == 1  # fewer shards than ranks
+    assert len(keys[0]) == len(keys[1]) == 2 and not set(keys[0]) & set(keys[1])

@@ -267,3 +267,13 @@ def test_wandb_offline_and_tensorboard_loggers_resume_the_same_run(tmp_path, toy
     assert len(runs) == 2 and ids == {run_id(str(tmp_path))}  # two sessions of one wandb run
     events = list((tmp_path / "tensorboard" / "version_0").glob("events.*"))
     assert len(events) >= 1 and not (tmp_path / "tensorboard" / "version_1").exists()
+
+
+def test_csv_metrics_continue_across_resume_with_validation_rows(tmp_path, toy_data):
+    common = ["experiment=smoke", "data.num_workers=0", "method.validation.num_samples=0",
+              "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2"]
+    train(compose_train([*common, "trainer.max_steps=2"], tmp_path, toy_data))
+    train(compose_train([*common, "trainer.max_steps=4", "ckpt_path=last"], tmp_path, toy_data))
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert sorted({int(r["step"]) for r in rows if r.get("train/loss")}) == [0, 1, 2, 3]
+    assert len([r for r in rows if r.get("val/loss")]) == 2  # one validation per session, both kept

@@ -32,7 +32,8 @@ class _AppendingWriter(ExperimentWriter):
             if not keys:
                 self._fs.rm_file(self.metrics_file_path)
             self.metrics_keys = keys
-        self._merged = True
+        if self.metrics:  # merged (or nothing to merge with) once the first rows are written
+            self._merged = True
         super().save()
 
 

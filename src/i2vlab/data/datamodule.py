@@ -63,6 +63,7 @@ class VideoShardDataset(IterableDataset):
         random_start: bool = True,
         seed: int = 0,
         max_consecutive_failures: int = 200,
+        split_samples_by_rank: bool = False,
     ) -> None:
         super().__init__()
         self.urls = list(shards) if not isinstance(shards, str) else list_shards(shards)
@@ -74,6 +75,7 @@ class VideoShardDataset(IterableDataset):
         self.random_start = random_start
         self.seed = int(seed)
         self.max_consecutive_failures = int(max_consecutive_failures)
+        self.split_samples_by_rank = split_samples_by_rank
         self.epoch = 0
         self.resume_positions: dict[int, int] = {}
 
@@ -88,7 +90,9 @@ class VideoShardDataset(IterableDataset):
         order = list(self.urls)
         if self.shuffle_buffer > 0:  # same order on every rank/worker, then split
             random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
-        urls = wds.split_by_worker(wds.split_by_node(order))
+        # evaluation streams split samples (not shards) across ranks, so that every rank gets
+        # the same number of clips even with fewer shards than ranks
+        urls = wds.split_by_worker(order if self.split_samples_by_rank else wds.split_by_node(order))
         yield from ({"url": u} for u in urls)
 
     def raw_samples(self) -> Iterator[dict[str, Any]]:
@@ -123,6 +127,8 @@ class VideoShardDataset(IterableDataset):
         skip = self.resume_positions.get(worker, 0)
         corrupt = short = consecutive = 0
         for raw_index, sample in enumerate(self.raw_samples()):
+            if self.split_samples_by_rank and raw_index % world != rank:
+                continue
             if raw_index < skip:  # fast-forward after resume, without decoding
                 rng.random()
                 continue
@@ -216,7 +222,7 @@ class VideoDataModule(pl.LightningDataModule):
                 stride = self.frame_stride if isinstance(self.frame_stride, int) else int(self.frame_stride[0])
             self.val_dataset = VideoShardDataset(
                 self.val_shards, self.num_frames, stride, self.resolution, shuffle_buffer=0,
-                resampled=False, random_start=False, seed=self.seed,
+                resampled=False, random_start=False, seed=self.seed, split_samples_by_rank=True,
             )
 
     def _loader(self, ds: IterableDataset, batch_size: int, workers: int, cls: type = DataLoader) -> DataLoader:
@@ -248,7 +254,9 @@ class VideoDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_shards:
             return []
-        ds = _Limited(self.val_dataset, self.val_num_samples, split_across_workers=False)
+        # the same number of clips on every rank (uneven validation would deadlock DDP's metric sync)
+        _, world, _, _ = pytorch_worker_info()
+        ds = _Limited(self.val_dataset, max(1, self.val_num_samples // world), split_across_workers=False)
         return self._loader(ds, self.val_batch_size, 0)
 
     # -- resume bookkeeping -----------------------------------------------------------------------
