@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train a method. Compose a config from conf/ and run it with PyTorch Lightning.
 
-    python train.py experiment=smoke                          # tiny CPU run, nothing downloaded
-    python train.py experiment=toy_i2v_adapter                # another recipe
-    python train.py ... trainer=ddp trainer.devices=8         # multi-GPU
-    python train.py -m experiment=smoke optimizer.lr=1e-4,2e-4   # Hydra multirun, one dir per job
-    python train.py ... hydra.run.dir=<run dir> ckpt_path=last   # resume a run
+python train.py experiment=smoke                          # tiny CPU run, nothing downloaded
+python train.py experiment=toy_i2v_adapter                # another recipe
+python train.py ... trainer=ddp trainer.devices=8         # multi-GPU
+python train.py -m experiment=smoke optimizer.lr=1e-4,2e-4   # Hydra multirun, one dir per job
+python train.py ... hydra.run.dir=<run dir> ckpt_path=last   # resume a run
 """
 
 from __future__ import annotations

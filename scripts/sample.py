@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run directory, .ckpt or exported .safetensors")
     ap.add_argument("--prompt", action="append", default=[], help="one per video (repeatable)")
-    ap.add_argument("--image", action="append", default=[], help="conditioning image(s); two for keyframe methods")
+    ap.add_argument(
+        "--image", action="append", default=[], help="conditioning image(s); two for keyframe methods"
+    )
     ap.add_argument("--num-frames", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fps", type=float, default=8.0)

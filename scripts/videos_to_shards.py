@@ -75,8 +75,11 @@ def write_shard(index: int, rows: list[dict], videos: str, out: str) -> dict:
 
 
 def videos_per_shard(rows: list[dict], videos: Path, target_mb: float, sample: int = 64) -> int:
-    sizes = [p.stat().st_size for r in random.Random(0).sample(rows, min(sample, len(rows)))
-             if (p := find_video(videos, r)) is not None]
+    sizes = [
+        p.stat().st_size
+        for r in random.Random(0).sample(rows, min(sample, len(rows)))
+        if (p := find_video(videos, r)) is not None
+    ]
     mean = sum(sizes) / len(sizes) if sizes else 2**20
     return max(1, int(target_mb * 2**20 / mean))
 
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--videos", required=True, help="folder with <page_dir>/<videoid>.mp4 or <videoid>.mp4")
     ap.add_argument("--out", required=True)
     ap.add_argument("--videos-per-shard", type=int, default=None)
-    ap.add_argument("--target-size-mb", type=float, default=1000.0, help="used when --videos-per-shard is not given")
+    ap.add_argument(
+        "--target-size-mb", type=float, default=1000.0, help="used when --videos-per-shard is not given"
+    )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args(argv)
 
@@ -112,8 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
         totals["missing"] += len(r["missing"])
         totals["unreadable"] += len(r["unreadable"])
     (out / "_reports" / "summary.json").write_text(json.dumps(totals, indent=1))
-    print(f"written {totals['written']} videos; missing {totals['missing']}, unreadable {totals['unreadable']} "
-          f"(lists in {out / '_reports'})")
+    print(
+        f"written {totals['written']} videos; missing {totals['missing']}, unreadable {totals['unreadable']} "
+        f"(lists in {out / '_reports'})"
+    )
     return totals
 
 

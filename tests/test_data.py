@@ -36,8 +36,15 @@ def test_toy_shards_layout(toy_data):
     keys = {n.rsplit(".", 1)[0] for n in names}
     assert len(keys) == 8
     assert {n.rsplit(".", 1)[1] for n in names} == {"mp4", "txt", "json"}
-    meta = json.loads(tarfile.open(shards[0]).extractfile(sorted(n for n in names if n.endswith(".json"))[0]).read())
-    assert meta["num_frames"] == 24 and meta["height"] == 64 and meta["fps"] == 8.0 and meta["source_id"].startswith("toy-")
+    meta = json.loads(
+        tarfile.open(shards[0]).extractfile(sorted(n for n in names if n.endswith(".json"))[0]).read()
+    )
+    assert (
+        meta["num_frames"] == 24
+        and meta["height"] == 64
+        and meta["fps"] == 8.0
+        and meta["source_id"].startswith("toy-")
+    )
 
 
 def test_frame_index_sampling():
@@ -64,8 +71,16 @@ def test_resize_center_crop_shapes():
 
 
 def test_datamodule_reads_back_shapes_strides_captions(toy_data):
-    dm = VideoDataModule(str(toy_data / "toy" / "train"), str(toy_data / "toy" / "val"), batch_size=2,
-                         num_workers=0, num_frames=6, frame_stride=[1, 3], resolution=(32, 48), epoch_length=8)
+    dm = VideoDataModule(
+        str(toy_data / "toy" / "train"),
+        str(toy_data / "toy" / "val"),
+        batch_size=2,
+        num_workers=0,
+        num_frames=6,
+        frame_stride=[1, 3],
+        resolution=(32, 48),
+        epoch_length=8,
+    )
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 4
@@ -83,8 +98,15 @@ def test_datamodule_reads_back_shapes_strides_captions(toy_data):
 
 def test_decoded_clip_matches_source_frames(toy_data):
     """Stride and start are honoured: the clip equals the source frames at those indices."""
-    ds = VideoShardDataset(str(toy_data / "toy" / "val"), num_frames=4, frame_stride=3, resolution=(64, 64),
-                           shuffle_buffer=0, resampled=False, random_start=False)
+    ds = VideoShardDataset(
+        str(toy_data / "toy" / "val"),
+        num_frames=4,
+        frame_stride=3,
+        resolution=(64, 64),
+        shuffle_buffer=0,
+        resampled=False,
+        random_start=False,
+    )
     s = next(iter(ds))
     shard = sorted((toy_data / "toy" / "val").glob("*.tar"))[0]
     mp4 = tarfile.open(shard).extractfile(f"{s['key']}.mp4").read()
@@ -110,8 +132,15 @@ def _bad_shard(path, good_seed=1):
 
 def test_corrupt_and_short_videos_are_skipped_and_counted(tmp_path, caplog):
     _bad_shard(tmp_path / "bad.tar")
-    ds = VideoShardDataset(str(tmp_path / "bad.tar"), num_frames=8, frame_stride=1, resolution=(32, 32),
-                           shuffle_buffer=0, resampled=False, random_start=False)
+    ds = VideoShardDataset(
+        str(tmp_path / "bad.tar"),
+        num_frames=8,
+        frame_stride=1,
+        resolution=(32, 32),
+        shuffle_buffer=0,
+        resampled=False,
+        random_start=False,
+    )
     out = list(ds)
     assert [s["key"] for s in out] == ["good", "good2"]
     last = out[-1]
@@ -124,8 +153,14 @@ def test_persistent_failures_raise_a_clear_error(tmp_path):
     with wds.TarWriter(str(tmp_path / "all_bad.tar")) as sink:
         for i in range(5):
             sink.write(make_sample(f"bad{i}", b"not a video", "x", {}))
-    ds = VideoShardDataset(str(tmp_path / "all_bad.tar"), num_frames=4, resolution=(32, 32), shuffle_buffer=0,
-                           resampled=True, max_consecutive_failures=5)
+    ds = VideoShardDataset(
+        str(tmp_path / "all_bad.tar"),
+        num_frames=4,
+        resolution=(32, 32),
+        shuffle_buffer=0,
+        resampled=True,
+        max_consecutive_failures=5,
+    )
     with pytest.raises(RuntimeError, match="could not be used"):
         next(iter(ds))
 
@@ -137,7 +172,9 @@ def test_missing_shards_error_names_the_fix(tmp_path):
 
 def test_resume_positions_fast_forward_exactly(toy_data):
     """A stream resumed from recorded per-worker positions yields exactly what the original yielded next."""
-    kw = dict(num_frames=4, frame_stride=[1, 3], resolution=(32, 32), shuffle_buffer=8, resampled=True, seed=3)
+    kw = dict(
+        num_frames=4, frame_stride=[1, 3], resolution=(32, 32), shuffle_buffer=8, resampled=True, seed=3
+    )
     ds = VideoShardDataset(str(toy_data / "toy" / "train"), **kw)
     it = iter(ds)
     first = [next(it) for _ in range(5)]
@@ -196,8 +233,15 @@ def test_mp4_bytes_are_readable_from_memory():
 
 def test_validation_clips_split_evenly_across_ranks_even_with_one_shard(toy_data, monkeypatch):
     """Every rank gets the same number of distinct validation clips (uneven counts deadlock DDP)."""
-    dm = VideoDataModule(str(toy_data / "toy" / "train"), str(toy_data / "toy" / "val"), batch_size=1,
-                         num_workers=0, num_frames=4, resolution=(32, 32), val_num_samples=4)
+    dm = VideoDataModule(
+        str(toy_data / "toy" / "train"),
+        str(toy_data / "toy" / "val"),
+        batch_size=1,
+        num_workers=0,
+        num_frames=4,
+        resolution=(32, 32),
+        val_num_samples=4,
+    )
     keys = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))

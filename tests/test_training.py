@@ -8,14 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT, compose_train, run_script
+from conftest import CONF, compose_train, run_script
 from omegaconf import OmegaConf
 
 from i2vlab.training import instantiate_model, train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-FAST = ["trainer.max_steps=3", "trainer.val_check_interval=3", "data.num_workers=0",
-        "callbacks.model_checkpoint.every_n_train_steps=1", "method.validation.num_samples=0"]
+FAST = [
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "data.num_workers=0",
+    "callbacks.model_checkpoint.every_n_train_steps=1",
+    "method.validation.num_samples=0",
+]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -32,7 +37,10 @@ def _toy_batch(dm_cfg_overrides=None):
     from i2vlab.utils.video_io import from_uint8_frames
 
     vids = [make_toy_video(s, num_frames=8, height=32, width=32) for s in (1, 2)]
-    return {"video": torch.stack([from_uint8_frames(v.frames) for v in vids]), "caption": [v.caption for v in vids]}
+    return {
+        "video": torch.stack([from_uint8_frames(v.frames) for v in vids]),
+        "caption": [v.caption for v in vids],
+    }
 
 
 def test_only_configured_parameters_get_gradients_and_sit_in_the_optimizer(tmp_path):
@@ -47,7 +55,9 @@ def test_only_configured_parameters_get_gradients_and_sit_in_the_optimizer(tmp_p
             assert p.requires_grad
         else:
             assert not p.requires_grad and p.grad is None, n
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in names)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in names
+    )
     opt = model.configure_optimizers()["optimizer"]
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for n, p in model.named_parameters() if n in names}
@@ -78,9 +88,16 @@ def test_weights_load_from_a_local_pretrained_folder(tmp_path):
     model = instantiate_model(cfg)
     model.vae.save_pretrained(tmp_path / "sd" / "vae")
     model.text_encoder.save_pretrained(tmp_path / "sd" / "text_encoder")
-    cfg2 = compose_train(["experiment=smoke", f"backbone.vae.pretrained={tmp_path}/sd", "+backbone.vae.subfolder=vae",
-                          f"backbone.text_encoder.pretrained={tmp_path}/sd",
-                          "+backbone.text_encoder.subfolder=text_encoder"], tmp_path)
+    cfg2 = compose_train(
+        [
+            "experiment=smoke",
+            f"backbone.vae.pretrained={tmp_path}/sd",
+            "+backbone.vae.subfolder=vae",
+            f"backbone.text_encoder.pretrained={tmp_path}/sd",
+            "+backbone.text_encoder.subfolder=text_encoder",
+        ],
+        tmp_path,
+    )
     torch.manual_seed(123)  # different random init: equality below comes from the loaded weights
     model2 = instantiate_model(cfg2)
     for a, b in zip(model.vae.state_dict().values(), model2.vae.state_dict().values()):
@@ -90,9 +107,17 @@ def test_weights_load_from_a_local_pretrained_folder(tmp_path):
 
 
 def test_smoke_training_writes_checkpoints_samples_metrics_and_export(tmp_path, toy_data):
-    cfg = compose_train(["experiment=smoke", "data.num_workers=0", "trainer.max_steps=4",
-                         "trainer.val_check_interval=4", "callbacks.model_checkpoint.every_n_train_steps=2"],
-                        tmp_path, toy_data)
+    cfg = compose_train(
+        [
+            "experiment=smoke",
+            "data.num_workers=0",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            "callbacks.model_checkpoint.every_n_train_steps=2",
+        ],
+        tmp_path,
+        toy_data,
+    )
     metrics = train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "checkpoints" / "step0000004.ckpt").is_file()
@@ -106,7 +131,9 @@ def test_smoke_training_writes_checkpoints_samples_metrics_and_export(tmp_path, 
     assert any(r.get("train/loss") for r in rows) and any(r.get("perf/samples_per_sec") for r in rows)
     assert any(r.get("val/loss") for r in rows) and any(r.get("val/loss_stratum03") for r in rows)
     assert "val/loss" in metrics
-    assert (tmp_path / "export" / "trainable.safetensors").is_file() and (tmp_path / "export" / "config.yaml").is_file()
+    assert (tmp_path / "export" / "trainable.safetensors").is_file() and (
+        tmp_path / "export" / "config.yaml"
+    ).is_file()
 
 
 def test_exported_trainable_weights_load_into_a_fresh_model(tmp_path, toy_data):
@@ -156,9 +183,14 @@ def one_thread():
 
 def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, toy_data, one_thread):
     """Stop after 3 steps, resume with ckpt_path=last to 6: same weights as an uninterrupted 6-step run."""
-    common = ["experiment=smoke", "data.num_workers=1", "method.validation.num_samples=0",
-              "callbacks.model_checkpoint.every_n_train_steps=1", "trainer.val_check_interval=100",
-              "method.ema={decay: 0.9}"]
+    common = [
+        "experiment=smoke",
+        "data.num_workers=1",
+        "method.validation.num_samples=0",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "trainer.val_check_interval=100",
+        "method.ema={decay: 0.9}",
+    ]
     full = compose_train([*common, "trainer.max_steps=6"], tmp_path / "full", toy_data)
     train(full)
     ref = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -167,7 +199,9 @@ def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, to
     train(part)
     ck3 = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ck3["global_step"] == 3 and "ema" in ck3 and "rng" in ck3
-    resumed = compose_train([*common, "trainer.max_steps=6", "ckpt_path=last"], tmp_path / "resumed", toy_data)
+    resumed = compose_train(
+        [*common, "trainer.max_steps=6", "ckpt_path=last"], tmp_path / "resumed", toy_data
+    )
     train(resumed)
     got = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert got["global_step"] == 6
@@ -192,7 +226,9 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path, toy_data):
 def test_init_from_copies_matching_weights(tmp_path, toy_data):
     cfg = compose_train(["experiment=smoke", *FAST, "optimizer.lr=1e-2"], tmp_path / "a", toy_data)
     train(cfg)
-    cfg2 = compose_train(["experiment=smoke", f"init_from={tmp_path}/a/export/trainable.safetensors"], tmp_path / "b")
+    cfg2 = compose_train(
+        ["experiment=smoke", f"init_from={tmp_path}/a/export/trainable.safetensors"], tmp_path / "b"
+    )
     m = instantiate_model(cfg2)
     loaded = m.init_from(cfg2.init_from)
     assert set(loaded) == set(m.configure_trainable())
@@ -214,7 +250,9 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path):
 
 
 def test_param_report_full_size_on_meta_device():
-    proc = run_script(["scripts/param_report.py", "backbone=sd15_animatediff", "method=animatediff", "+meta=true"])
+    proc = run_script(
+        ["scripts/param_report.py", "backbone=sd15_animatediff", "method=animatediff", "+meta=true"]
+    )
     last = proc.stdout.strip().splitlines()[-1]
     # SD1.5 UNet (859,520,964) + AnimateDiff v1-5-2 motion modules (453,209,280); VAE; CLIP-L text
     assert last == "trainable=453209280 frozen=1066235307"
@@ -224,10 +262,25 @@ def test_param_report_full_size_on_meta_device():
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path, toy_data):
     out = tmp_path / "ddp"
-    run_script(["train.py", "experiment=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-                "trainer.precision=32-true", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                "data.num_workers=0", "method.validation.num_samples=0", f"paths.data_dir={toy_data}",
-                f"hydra.run.dir={out}"], timeout=400)
+    proc = run_script(
+        [
+            "train.py",
+            "experiment=smoke",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "data.num_workers=0",
+            "method.validation.num_samples=0",
+            f"paths.data_dir={toy_data}",
+            f"hydra.run.dir={out}",
+        ],
+        timeout=400,
+    )
+    log = proc.stdout + proc.stderr
+    assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log  # two gloo processes joined
     ck = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert ck["global_step"] == 2
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name.startswith("train_ddp")) == []
@@ -239,9 +292,21 @@ def test_two_process_ddp_on_cpu(tmp_path, toy_data):
 @pytest.mark.slow
 def test_multirun_writes_one_directory_per_job(tmp_path, toy_data):
     sweep = tmp_path / "sweep"
-    run_script(["train.py", "-m", "experiment=smoke", "optimizer.lr=1e-4,2e-4", "trainer.max_steps=1",
-                "trainer.val_check_interval=1", "data.num_workers=0", "method.validation.num_samples=0",
-                f"paths.data_dir={toy_data}", f"hydra.sweep.dir={sweep}"], timeout=400)
+    run_script(
+        [
+            "train.py",
+            "-m",
+            "experiment=smoke",
+            "optimizer.lr=1e-4,2e-4",
+            "trainer.max_steps=1",
+            "trainer.val_check_interval=1",
+            "data.num_workers=0",
+            "method.validation.num_samples=0",
+            f"paths.data_dir={toy_data}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=400,
+    )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
     lrs = [OmegaConf.load(sweep / j / ".hydra" / "config.yaml").optimizer.lr for j in jobs]
@@ -256,8 +321,13 @@ def test_wandb_offline_and_tensorboard_loggers_resume_the_same_run(tmp_path, toy
 
     from i2vlab.utils.config import run_id
 
-    common = ["experiment=smoke", "logger=all", "data.num_workers=0",
-              "method.validation.num_samples=0", "trainer.val_check_interval=100"]
+    common = [
+        "experiment=smoke",
+        "logger=all",
+        "data.num_workers=0",
+        "method.validation.num_samples=0",
+        "trainer.val_check_interval=100",
+    ]
     train(compose_train([*common, "trainer.max_steps=2"], tmp_path, toy_data))
     wandb.finish()
     train(compose_train([*common, "trainer.max_steps=3", "ckpt_path=last"], tmp_path, toy_data))
@@ -270,8 +340,13 @@ def test_wandb_offline_and_tensorboard_loggers_resume_the_same_run(tmp_path, toy
 
 
 def test_csv_metrics_continue_across_resume_with_validation_rows(tmp_path, toy_data):
-    common = ["experiment=smoke", "data.num_workers=0", "method.validation.num_samples=0",
-              "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2"]
+    common = [
+        "experiment=smoke",
+        "data.num_workers=0",
+        "method.validation.num_samples=0",
+        "trainer.val_check_interval=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+    ]
     train(compose_train([*common, "trainer.max_steps=2"], tmp_path, toy_data))
     train(compose_train([*common, "trainer.max_steps=4", "ckpt_path=last"], tmp_path, toy_data))
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))

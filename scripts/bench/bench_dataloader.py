@@ -77,8 +77,12 @@ def main() -> None:
     for w in a.workers:
         c = ours(a.shards, a.clips, w, a.frames, a.stride, a.resolution)
         rows.append(["i2vlab (decord, sampled frames)", w, c, c / ref])
-    print_table(f"data loader: {a.frames} frames, stride {a.stride}, {a.resolution}px, shards {a.shards}",
-                device_name("cpu"), ["loader", "workers", "clips/s", "ratio vs ref"], rows)
+    print_table(
+        f"data loader: {a.frames} frames, stride {a.stride}, {a.resolution}px, shards {a.shards}",
+        device_name("cpu"),
+        ["loader", "workers", "clips/s", "ratio vs ref"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

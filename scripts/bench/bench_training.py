@@ -34,9 +34,12 @@ from i2vlab.training import instantiate_model  # noqa: E402
 
 def make_batch(b: int, f: int, res: int, device) -> dict:
     g = torch.Generator().manual_seed(0)
-    return {"video": (torch.rand(b, f, 3, res, res, generator=g) * 2 - 1).to(device),
-            "caption": ["a red circle moving left over a striped background"] * b,
-            "fps": torch.full((b,), 8.0), "frame_stride": torch.full((b,), 2)}
+    return {
+        "video": (torch.rand(b, f, 3, res, res, generator=g) * 2 - 1).to(device),
+        "caption": ["a red circle moving left over a striped background"] * b,
+        "fps": torch.full((b,), 8.0),
+        "frame_stride": torch.full((b,), 2),
+    }
 
 
 def ours_step(model, opt, batch, step: int) -> None:
@@ -53,8 +56,13 @@ def reference_step(model, opt, batch, step: int) -> None:
         x = batch["video"].flatten(0, 1).to(model.vae.dtype)
         lat = model.vae.encode(x).latent_dist.sample() * model.latent_scale
         lat = lat.unflatten(0, (b, f)).transpose(1, 2).float()
-        ids = model.tokenizer(batch["caption"], padding="max_length", max_length=model.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(lat.device)
+        ids = model.tokenizer(
+            batch["caption"],
+            padding="max_length",
+            max_length=model.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(lat.device)
         ehs = model.text_encoder(ids)[0]
     noise = torch.randn_like(lat)
     t = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (b,), device=lat.device)
@@ -67,7 +75,11 @@ def reference_step(model, opt, batch, step: int) -> None:
 
 def run(fn, model, batch, steps: int, warmup: int, device, amp: bool) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5, fused=device.type == "cuda")
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
+    ctx = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if amp
+        else torch.autocast(device.type, enabled=False)
+    )
     for i in range(warmup):
         with ctx:
             fn(model, opt, batch, i)
@@ -112,11 +124,22 @@ def main() -> None:
         ref = run(reference_step, model, batch, a.steps, a.warmup, device, a.bf16)
         rows.append(["reference (diffusers example loop)", ref[0], ref[1], 1.0, 1.0])
     got = run(ours_step, model, batch, a.steps, a.warmup, device, a.bf16)
-    rows.append([f"i2vlab {type(model).__name__}", got[0], got[1], got[0] / ref[0] if ref else float("nan"),
-                 got[1] / ref[1] if ref else float("nan")])
-    print_table(f"training step: {a.experiment} {' '.join(a.overrides)} | batch {a.batch} x {a.frames} frames @ {res}px"
-                f"{' bf16' if a.bf16 else ''}{' grad-ckpt' if a.gradient_checkpointing else ''}",
-                device_name(device), ["loop", "samples/s", "peak mem GB", "speed ratio", "mem ratio"], rows)
+    rows.append(
+        [
+            f"i2vlab {type(model).__name__}",
+            got[0],
+            got[1],
+            got[0] / ref[0] if ref else float("nan"),
+            got[1] / ref[1] if ref else float("nan"),
+        ]
+    )
+    print_table(
+        f"training step: {a.experiment} {' '.join(a.overrides)} | batch {a.batch} x {a.frames} frames @ {res}px"
+        f"{' bf16' if a.bf16 else ''}{' grad-ckpt' if a.gradient_checkpointing else ''}",
+        device_name(device),
+        ["loop", "samples/s", "peak mem GB", "speed ratio", "mem ratio"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ class SpeedMonitor(pl.Callback):
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         dt = time.perf_counter() - self._t0
-        n = int(batch["video"].shape[0]) * trainer.world_size if isinstance(batch, dict) and "video" in batch else 0
+        n = (
+            int(batch["video"].shape[0]) * trainer.world_size
+            if isinstance(batch, dict) and "video" in batch
+            else 0
+        )
         self._times = (self._times + [(dt, n)])[-self.window :]
         tot_t, tot_n = sum(t for t, _ in self._times), sum(k for _, k in self._times)
         pl_module.log("perf/samples_per_sec", tot_n / max(tot_t, 1e-9), prog_bar=True)
@@ -49,7 +53,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, fsyncs it and renames it into
     place: a run killed while saving never leaves a truncated ``last.ckpt``."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -22,7 +22,9 @@ class _AppendingWriter(ExperimentWriter):
         if self.metrics and not self._merged and self._fs.isfile(self.metrics_file_path):
             first = min(int(m["step"]) for m in self.metrics)
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                old = [r for r in csv.DictReader(f) if r.get("step") not in (None, "") and int(r["step"]) < first]
+                old = [
+                    r for r in csv.DictReader(f) if r.get("step") not in (None, "") and int(r["step"]) < first
+                ]
             keys = sorted(set().union(*old, *self.metrics)) if old else []
             with self._fs.open(self.metrics_file_path, "w", newline="") as f:
                 if keys:

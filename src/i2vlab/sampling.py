@@ -23,7 +23,11 @@ def find_run_config(path: Path) -> DictConfig:
     candidates = [path / ".hydra" / "config.yaml", path / "export" / "config.yaml", path / "config.yaml"]
     if path.is_file():
         run = path.parent.parent if path.parent.name in ("checkpoints", "export") else path.parent
-        candidates = [run / ".hydra" / "config.yaml", run / "export" / "config.yaml", path.parent / "config.yaml"]
+        candidates = [
+            run / ".hydra" / "config.yaml",
+            run / "export" / "config.yaml",
+            path.parent / "config.yaml",
+        ]
     for c in candidates:
         if c.is_file():
             return OmegaConf.load(c)
@@ -33,7 +37,9 @@ def find_run_config(path: Path) -> DictConfig:
 def _weights_for(path: Path, use_ema: bool, frozen_in_ckpt: bool) -> Path:
     if path.is_file():
         return path
-    exports = ([path / "export" / "trainable_ema.safetensors"] if use_ema else []) + [path / "export" / "trainable.safetensors"]
+    exports = ([path / "export" / "trainable_ema.safetensors"] if use_ema else []) + [
+        path / "export" / "trainable.safetensors"
+    ]
     last = [path / "checkpoints" / "last.ckpt"]
     # random-init backbones keep their frozen weights only in the checkpoint
     options = last + exports if frozen_in_ckpt and not use_ema else exports + last
@@ -43,8 +49,12 @@ def _weights_for(path: Path, use_ema: bool, frozen_in_ckpt: bool) -> Path:
     raise FileNotFoundError(f"{path}: no export/trainable.safetensors or checkpoints/last.ckpt")
 
 
-def load_method(path: str | Path, overrides: list[str] | None = None, use_ema: bool = False,
-                device: str | torch.device | None = None):
+def load_method(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    use_ema: bool = False,
+    device: str | torch.device | None = None,
+):
     """Rebuild the method from its run config (``overrides`` in Hydra dot-list form applied on top,
     e.g. ``["backbone.pretrained=/models/sd15"]``) and load its trained weights."""
     path = Path(path)
@@ -65,7 +75,9 @@ def load_method(path: str | Path, overrides: list[str] | None = None, use_ema: b
     else:
         ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
         module.configure_trainable()
-        module.load_state_dict(ckpt["state_dict"], strict=bool(ckpt.get("i2vlab", {}).get("checkpoint_frozen", False)))
+        module.load_state_dict(
+            ckpt["state_dict"], strict=bool(ckpt.get("i2vlab", {}).get("checkpoint_frozen", False))
+        )
     module.configure_trainable()
     module.eval()
     if device is not None:

@@ -63,7 +63,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_group(cfg.get("logger"))
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
-            lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "git_revision": git_revision()})
+            lg.log_hyperparams(
+                {"config": OmegaConf.to_container(cfg, resolve=True), "git_revision": git_revision()}
+            )
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )

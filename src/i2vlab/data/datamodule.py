@@ -100,7 +100,9 @@ class VideoShardDataset(IterableDataset):
         rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
         samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(self._shard_stream(rng))
         if self.shuffle_buffer > 0:
-            samples = wds.filters._shuffle(samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)
+            samples = wds.filters._shuffle(
+                samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng
+            )
         return samples
 
     def decode(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
@@ -119,7 +121,13 @@ class VideoShardDataset(IterableDataset):
         caption = sample.get("txt", b"")
         caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
         fps = float(meta.get("fps") or reader.get_avg_fps())
-        return {"video": video, "caption": caption.strip(), "fps": fps, "frame_stride": stride, "key": sample["__key__"]}
+        return {
+            "video": video,
+            "caption": caption.strip(),
+            "fps": fps,
+            "frame_stride": stride,
+            "key": sample["__key__"],
+        }
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, num_workers = pytorch_worker_info()
@@ -213,28 +221,54 @@ class VideoDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_dataset = VideoShardDataset(
-            self.train_shards, self.num_frames, self.frame_stride, self.resolution,
-            self.shuffle_buffer, resampled=True, random_start=True, seed=self.seed,
+            self.train_shards,
+            self.num_frames,
+            self.frame_stride,
+            self.resolution,
+            self.shuffle_buffer,
+            resampled=True,
+            random_start=True,
+            seed=self.seed,
         )
         if self.val_shards:
             stride = self.val_frame_stride
             if stride is None:
-                stride = self.frame_stride if isinstance(self.frame_stride, int) else int(self.frame_stride[0])
+                stride = (
+                    self.frame_stride if isinstance(self.frame_stride, int) else int(self.frame_stride[0])
+                )
             self.val_dataset = VideoShardDataset(
-                self.val_shards, self.num_frames, stride, self.resolution, shuffle_buffer=0,
-                resampled=False, random_start=False, seed=self.seed, split_samples_by_rank=True,
+                self.val_shards,
+                self.num_frames,
+                stride,
+                self.resolution,
+                shuffle_buffer=0,
+                resampled=False,
+                random_start=False,
+                seed=self.seed,
+                split_samples_by_rank=True,
             )
 
-    def _loader(self, ds: IterableDataset, batch_size: int, workers: int, cls: type = DataLoader) -> DataLoader:
+    def _loader(
+        self, ds: IterableDataset, batch_size: int, workers: int, cls: type = DataLoader
+    ) -> DataLoader:
         return cls(
-            ds, batch_size=batch_size, num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=False, prefetch_factor=2 if workers > 0 else None, drop_last=False,
+            ds,
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=False,
+            prefetch_factor=2 if workers > 0 else None,
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
-        loader = self._loader(_Limited(self.train_dataset, self.epoch_length), self.batch_size, self.num_workers,
-                              cls=_EpochDataLoader)
+        loader = self._loader(
+            _Limited(self.train_dataset, self.epoch_length),
+            self.batch_size,
+            self.num_workers,
+            cls=_EpochDataLoader,
+        )
         loader.datamodule = self
         return loader
 
@@ -272,12 +306,22 @@ class VideoDataModule(pl.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"positions": dict(self.positions), "epoch": self.positions_epoch, "skipped": dict(self.skipped),
-                "seed": self.seed, "num_workers": self.num_workers}
+        return {
+            "positions": dict(self.positions),
+            "epoch": self.positions_epoch,
+            "skipped": dict(self.skipped),
+            "seed": self.seed,
+            "num_workers": self.num_workers,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("num_workers", self.num_workers) != self.num_workers or state.get("seed", self.seed) != self.seed:
-            log.warning("data.num_workers or data.seed changed since the checkpoint: the data stream restarts")
+        if (
+            state.get("num_workers", self.num_workers) != self.num_workers
+            or state.get("seed", self.seed) != self.seed
+        ):
+            log.warning(
+                "data.num_workers or data.seed changed since the checkpoint: the data stream restarts"
+            )
             return
         self.positions = {int(k): int(v) for k, v in state.get("positions", {}).items()}
         self.positions_epoch = int(state.get("epoch", 0))

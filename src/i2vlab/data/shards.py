@@ -25,7 +25,9 @@ def list_shards(path: str | os.PathLike) -> list[str]:
     if p.is_dir():
         shards = sorted(str(s) for s in p.glob("*.tar"))
         if not shards:
-            raise FileNotFoundError(f"no .tar shards in {p}; build some with `make toy-data` or scripts/videos_to_shards.py")
+            raise FileNotFoundError(
+                f"no .tar shards in {p}; build some with `make toy-data` or scripts/videos_to_shards.py"
+            )
         return shards
     if "{" in str(path):
         return list(wds.shardlists.expand_urls(str(path)))

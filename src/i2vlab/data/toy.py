@@ -98,13 +98,25 @@ def make_toy_video(
         img[_shape_mask(shape, height, width, cx, cy, r, angle)] = COLOURS[colour]
         frames[t] = img.clip(0, 255).astype(np.uint8)
     caption = f"a {colour} {shape} {motion} over a {bg} background"
-    meta = {"fps": fps, "num_frames": num_frames, "height": height, "width": width, "source_id": f"toy-{seed}"}
+    meta = {
+        "fps": fps,
+        "num_frames": num_frames,
+        "height": height,
+        "width": width,
+        "source_id": f"toy-{seed}",
+    }
     return ToyVideo(frames=frames, caption=caption, fps=fps, meta=meta)
 
 
 def write_toy_shards(
-    out: str | Path, num_videos: int = 64, num_val: int = 8, frames: int = 24, size: int = 64,
-    per_shard: int = 16, seed: int = 0, progress: bool = True,
+    out: str | Path,
+    num_videos: int = 64,
+    num_val: int = 8,
+    frames: int = 24,
+    size: int = 64,
+    per_shard: int = 16,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Path:
     """Write ``<out>/train/shard-*.tar`` and ``<out>/val/shard-*.tar`` of toy videos (deterministic)."""
     import webdataset as wds
@@ -115,7 +127,10 @@ def write_toy_shards(
 
     out = Path(out)
     base = seed * 1_000_000
-    splits = {"train": [base + i for i in range(num_videos)], "val": [base + 500_000 + i for i in range(num_val)]}
+    splits = {
+        "train": [base + i for i in range(num_videos)],
+        "val": [base + 500_000 + i for i in range(num_val)],
+    }
     for split, seeds in splits.items():
         d = out / split
         d.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,14 @@ class AnimateDiffT2V(VideoDiffusionModule):
         ehs = cond["encoder_hidden_states"].to(noisy.dtype).repeat_interleave(f, dim=0)
         return self.unet(noisy, timesteps, encoder_hidden_states=ehs, **cond.get("unet_kwargs", {})).sample
 
-    def sample(self, prompts: Sequence[str], images: torch.Tensor | None = None, num_frames: int | None = None,
-               seed: int = 0, **kwargs: Any) -> torch.Tensor:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        images: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         opts = {"num_inference_steps": 25, "guidance_scale": 7.5, **self.sampling_cfg, **kwargs}
         if images is not None and "height" not in opts:
             opts["height"], opts["width"] = images.shape[-2:]

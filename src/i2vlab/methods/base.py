@@ -101,8 +101,13 @@ class VideoDiffusionModule(pl.LightningModule):
         self.text_dropout = float(text_dropout)
         self.checkpoint_frozen = checkpoint_frozen
         self.strict_loading = checkpoint_frozen
-        self.validation_cfg = {"num_timesteps": 10, "num_samples": 0, "sample_steps": 10, "sample_dir": None,
-                               **dict(_plain(validation) or {})}
+        self.validation_cfg = {
+            "num_timesteps": 10,
+            "num_samples": 0,
+            "sample_steps": 10,
+            "sample_dir": None,
+            **dict(_plain(validation) or {}),
+        }
         self.sampling_cfg = dict(_plain(sampling) or {})
         self.seed = int(seed)
         self.ema = None
@@ -153,8 +158,11 @@ class VideoDiffusionModule(pl.LightningModule):
         if self.ema_cfg and self.ema is None:
             from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(self.trainable_parameters(), decay=float(self.ema_cfg.get("decay", 0.9999)),
-                                use_ema_warmup=bool(self.ema_cfg.get("warmup", False)))
+            self.ema = EMAModel(
+                self.trainable_parameters(),
+                decay=float(self.ema_cfg.get("decay", 0.9999)),
+                use_ema_warmup=bool(self.ema_cfg.get("warmup", False)),
+            )
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
@@ -189,7 +197,9 @@ class VideoDiffusionModule(pl.LightningModule):
         """Scaled latents (b c f h w) -> video (b f c h w) in [-1, 1]."""
         b = latents.shape[0]
         z = rearrange(latents, "b c f h w -> (b f) c h w") / self.latent_scale
-        frames = torch.cat([self.vae.decode(c.to(self.vae.dtype)).sample.float() for c in z.split(self.vae_chunk_size)])
+        frames = torch.cat(
+            [self.vae.decode(c.to(self.vae.dtype)).sample.float() for c in z.split(self.vae_chunk_size)]
+        )
         return rearrange(frames, "(b f) c h w -> b f c h w", b=b).clamp(-1, 1)
 
     @torch.no_grad()
@@ -198,12 +208,17 @@ class VideoDiffusionModule(pl.LightningModule):
         if self.text_encoder is None or self.tokenizer is None:
             raise RuntimeError(f"{type(self).__name__} has no text encoder/tokenizer configured")
         ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids.to(self.device)
         return self.text_encoder(ids)[0].float()
 
-    def drop_captions(self, captions: Sequence[str], generator: torch.Generator, p: float | None = None) -> list[str]:
+    def drop_captions(
+        self, captions: Sequence[str], generator: torch.Generator, p: float | None = None
+    ) -> list[str]:
         p = self.text_dropout if p is None else p
         if p <= 0:
             return list(captions)
@@ -213,13 +228,16 @@ class VideoDiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------
     # method hooks
     # ------------------------------------------------------------------------------------------
-    def prepare_conditions(self, batch: Mapping[str, Any], latents: torch.Tensor, generator: torch.Generator,
-                           train: bool = True) -> dict[str, Any]:
+    def prepare_conditions(
+        self, batch: Mapping[str, Any], latents: torch.Tensor, generator: torch.Generator, train: bool = True
+    ) -> dict[str, Any]:
         """Conditioning for :meth:`denoise` (default: text embeddings of the captions)."""
         captions = self.drop_captions(batch["caption"], generator) if train else list(batch["caption"])
         return {"encoder_hidden_states": self.encode_prompt(captions)}
 
-    def prepare_noisy(self, noisy: torch.Tensor, latents: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+    def prepare_noisy(
+        self, noisy: torch.Tensor, latents: torch.Tensor, cond: Mapping[str, Any]
+    ) -> torch.Tensor:
         """Last change to the noisy latents before the denoiser (default: none)."""
         return noisy
 
@@ -230,8 +248,14 @@ class VideoDiffusionModule(pl.LightningModule):
         """Per-frame loss weights (b, f), or ``None`` for all frames."""
         return None
 
-    def sample(self, prompts: Sequence[str], images: torch.Tensor | None = None, num_frames: int | None = None,
-               seed: int = 0, **kwargs: Any) -> torch.Tensor:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        images: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Generate videos (b f c h w in [-1, 1]). Implemented by each method."""
         raise NotImplementedError
 
@@ -249,8 +273,13 @@ class VideoDiffusionModule(pl.LightningModule):
         T = self.noise_scheduler.config.num_train_timesteps
         return torch.randint(0, T, (n,), generator=generator, device=self.device).long()
 
-    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator,
-                     timesteps: torch.Tensor | None = None, train: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+    def compute_loss(
+        self,
+        batch: Mapping[str, Any],
+        generator: torch.Generator,
+        timesteps: torch.Tensor | None = None,
+        train: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Noise-prediction loss. Returns (per-sample loss (b,), extra logs)."""
         latents = self.encode_video(batch["video"], generator)
         cond = self.prepare_conditions(batch, latents, generator, train=train)
@@ -308,8 +337,11 @@ class VideoDiffusionModule(pl.LightningModule):
         self._val_losses.append(torch.stack(losses, dim=1))  # (b, n)
         if batch_idx == 0 and self._val_inputs is None:
             k = int(self.validation_cfg["num_samples"])
-            self._val_inputs = {"prompts": list(batch["caption"][:k]), "images": batch["video"][:k, 0].detach(),
-                                "num_frames": batch["video"].shape[1]}
+            self._val_inputs = {
+                "prompts": list(batch["caption"][:k]),
+                "images": batch["video"][:k, 0].detach(),
+                "num_frames": batch["video"].shape[1],
+            }
 
     def on_validation_epoch_start(self) -> None:
         self._val_losses, self._val_inputs = [], None
@@ -324,7 +356,11 @@ class VideoDiffusionModule(pl.LightningModule):
                 self.log("val/loss", per_t.mean(), sync_dist=True)
                 for i, v in enumerate(per_t):
                     self.log(f"val/loss_stratum{i:02d}", v, sync_dist=True)
-            if self._val_inputs and self.validation_cfg["num_samples"] > 0 and not self.trainer.sanity_checking:
+            if (
+                self._val_inputs
+                and self.validation_cfg["num_samples"] > 0
+                and not self.trainer.sanity_checking
+            ):
                 self._write_validation_samples()
         finally:
             if self.ema is not None and self.ema_cfg.get("use_for_validation", True):
@@ -337,8 +373,13 @@ class VideoDiffusionModule(pl.LightningModule):
         from i2vlab.utils.video_io import write_video
 
         inp = self._val_inputs
-        videos = self.sample(inp["prompts"], images=inp["images"], num_frames=inp["num_frames"], seed=self.seed,
-                             num_inference_steps=int(self.validation_cfg["sample_steps"]))
+        videos = self.sample(
+            inp["prompts"],
+            images=inp["images"],
+            num_frames=inp["num_frames"],
+            seed=self.seed,
+            num_inference_steps=int(self.validation_cfg["sample_steps"]),
+        )
         root = Path(self.validation_cfg["sample_dir"] or Path(self.trainer.default_root_dir) / "samples")
         paths = [write_video(root / f"step{self.global_step:07d}_{i}.mp4", v) for i, v in enumerate(videos)]
         log.info("validation samples written to %s", root)
@@ -352,16 +393,34 @@ class VideoDiffusionModule(pl.LightningModule):
         from diffusers.optimization import get_scheduler
 
         params = self.trainable_parameters()
-        cfg = {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8, "scheduler": "constant_with_warmup",
-               "warmup_steps": 0, "fused": "auto", **self.optimizer_cfg}
+        cfg = {
+            "lr": 1e-4,
+            "betas": (0.9, 0.999),
+            "weight_decay": 1e-2,
+            "eps": 1e-8,
+            "scheduler": "constant_with_warmup",
+            "warmup_steps": 0,
+            "fused": "auto",
+            **self.optimizer_cfg,
+        }
         fused = cfg["fused"]
         if fused == "auto":
             fused = all(p.is_cuda for p in params)
-        opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
-                                weight_decay=float(cfg["weight_decay"]), eps=float(cfg["eps"]), fused=bool(fused))
+        opt = torch.optim.AdamW(
+            params,
+            lr=float(cfg["lr"]),
+            betas=tuple(cfg["betas"]),
+            weight_decay=float(cfg["weight_decay"]),
+            eps=float(cfg["eps"]),
+            fused=bool(fused),
+        )
         trainer = self._trainer
-        total = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
-        sched = get_scheduler(cfg["scheduler"], opt, num_warmup_steps=int(cfg["warmup_steps"]), num_training_steps=total)
+        total = (
+            trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
+        )
+        sched = get_scheduler(
+            cfg["scheduler"], opt, num_warmup_steps=int(cfg["warmup_steps"]), num_training_steps=total
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
     # ------------------------------------------------------------------------------------------
@@ -371,11 +430,16 @@ class VideoDiffusionModule(pl.LightningModule):
         if not self.checkpoint_frozen:
             keep = set(self.configure_trainable())
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["i2vlab"] = {"trainable": list(self.configure_trainable()), "checkpoint_frozen": self.checkpoint_frozen}
+        checkpoint["i2vlab"] = {
+            "trainable": list(self.configure_trainable()),
+            "checkpoint_frozen": self.checkpoint_frozen,
+        }
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
         checkpoint["rng"] = {
-            "python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": _numpy_rng_state(),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
@@ -433,7 +497,9 @@ class VideoDiffusionModule(pl.LightningModule):
         names = set(self.configure_trainable())
         if strict and set(tensors) != names:
             extra, missing = sorted(set(tensors) - names)[:3], sorted(names - set(tensors))[:3]
-            raise RuntimeError(f"{path}: trainable weights do not match this model (extra {extra}, missing {missing})")
+            raise RuntimeError(
+                f"{path}: trainable weights do not match this model (extra {extra}, missing {missing})"
+            )
         own = dict(self.named_parameters())
         with torch.no_grad():
             for k, v in tensors.items():
@@ -463,7 +529,7 @@ def _log_videos(logger: Any, paths: list[Path], videos: torch.Tensor, captions: 
         log.warning("could not log validation videos to %s: %s", name, e)
 
 
-def _load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from: {path} does not exist (an export .safetensors or a .ckpt)")
@@ -475,10 +541,10 @@ def _load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return ckpt.get("state_dict", ckpt)
 
 
-def load_matching(module: nn.Module, path: str | Path) -> list[str]:
+def load_matching(module: nn.Module, path: str | Path | Mapping[str, torch.Tensor]) -> list[str]:
     """Copy every tensor of ``path`` whose name and shape match a parameter of ``module`` (e.g. the
     previous training stage's export). Returns the names loaded; fails if none matched."""
-    tensors = _load_weights_file(path)
+    tensors = path if isinstance(path, Mapping) else load_weights_file(path)
     own = dict(module.named_parameters())
     loaded = []
     with torch.no_grad():
@@ -487,6 +553,6 @@ def load_matching(module: nn.Module, path: str | Path) -> list[str]:
                 own[k].copy_(v.to(own[k].dtype))
                 loaded.append(k)
     if not loaded:
-        raise RuntimeError(f"init_from: no tensor in {path} matches this model's parameters")
+        src = "the given tensors" if isinstance(path, Mapping) else path
+        raise RuntimeError(f"init_from: no tensor in {src} matches this model's parameters")
     return loaded
-

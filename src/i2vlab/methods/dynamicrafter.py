@@ -30,7 +30,7 @@ from einops import rearrange
 from torch import nn
 
 from i2vlab.diffusion.schedules import training_target
-from i2vlab.methods.base import VideoDiffusionModule, _load_weights_file, load_matching
+from i2vlab.methods.base import VideoDiffusionModule, load_matching, load_weights_file
 from i2vlab.models.dynamicrafter import (
     DualCrossAttnProcessor,
     DynamiCrafterUNet3DModel,
@@ -237,7 +237,7 @@ class DynamiCrafter(VideoDiffusionModule):
     def init_from(self, path: str | Path) -> list[str]:
         """As the core's, plus: a 4-channel ``conv_in`` (stage 2 / T2V weights) is widened into this
         UNet's 8-channel one, the new (image-latent) channels zero."""
-        tensors = _load_weights_file(path)
+        tensors = load_weights_file(path)
         own = dict(self.named_parameters())
         extra = []
         key = "unet.conv_in.weight"
@@ -251,7 +251,7 @@ class DynamiCrafter(VideoDiffusionModule):
                 tuple(tensors[key].shape),
                 tuple(own[key].shape),
             )
-        return load_matching(self, path) + extra
+        return load_matching(self, tensors) + extra
 
     # ------------------------------------------------------------------------------------------
     # sampling

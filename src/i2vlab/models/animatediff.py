@@ -37,7 +37,9 @@ def build_motion_unet(
             return UNetMotionModel.from_pretrained(pretrained_motion_unet)
         check_weights(pretrained, f"{name}.pretrained", SD15_PUBLISHED)
         if motion_adapter is None:
-            raise WeightsNotFoundError(f"{name}.motion_adapter is not set; published adapters: {MOTION_PUBLISHED}")
+            raise WeightsNotFoundError(
+                f"{name}.motion_adapter is not set; published adapters: {MOTION_PUBLISHED}"
+            )
         check_weights(motion_adapter, f"{name}.motion_adapter", MOTION_PUBLISHED)
         unet2d = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet")
         adapter = MotionAdapter.from_pretrained(motion_adapter)

@@ -51,7 +51,9 @@ def import_object(path: str | type) -> Any:
 
 
 def looks_like_local_path(s: str) -> bool:
-    return s.startswith(("/", "./", "../", "~")) or os.sep in s.strip("/").split("/", 2)[-1] or Path(s).exists()
+    return (
+        s.startswith(("/", "./", "../", "~")) or os.sep in s.strip("/").split("/", 2)[-1] or Path(s).exists()
+    )
 
 
 def check_weights(pretrained: str, name: str, published: str | None = None) -> None:
@@ -103,7 +105,7 @@ def load_or_build(
     sub = {"subfolder": subfolder} if subfolder else {}
     try:
         return klass.from_pretrained(pretrained, **sub, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         where = f" Published weights: {published}." if published else ""
         raise WeightsNotFoundError(
             f"{name}: could not load {klass.__name__} from {pretrained!r}{f' (subfolder {subfolder!r})' if subfolder else ''}: {e}. "

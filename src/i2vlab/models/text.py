@@ -19,7 +19,11 @@ from i2vlab.models.loading import check_weights, on_meta
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -41,7 +45,9 @@ def byte_level_clip_tokenizer(model_max_length: int = 77, cache_dir: str | None 
     root.mkdir(parents=True, exist_ok=True)
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=model_max_length)
+    return CLIPTokenizer(
+        str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=model_max_length
+    )
 
 
 def build_tokenizer(

@@ -86,7 +86,9 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
         from PIL import Image
 
         frames = [Image.fromarray(f) for f in to_uint8_frames(video)]
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+        frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0
+        )
     else:
         tmp.write_bytes(encode_mp4(video, fps=fps))
     os.replace(tmp, path)
@@ -122,7 +124,9 @@ def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
         raise VideoDecodeError(f"cannot decode frames {list(indices)[:4]}...: {e}") from e
 
 
-def read_video(path: str | os.PathLike | bytes, indices: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+def read_video(
+    path: str | os.PathLike | bytes, indices: Sequence[int] | None = None
+) -> tuple[np.ndarray, float]:
     """Decode a whole video (or ``indices``) from a file, a frame folder or bytes.
 
     Returns ``(frames f h w c uint8, fps)``. GIFs and folders of images are read with Pillow.
