@@ -352,3 +352,25 @@ def test_csv_metrics_continue_across_resume_with_validation_rows(tmp_path, toy_d
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert sorted({int(r["step"]) for r in rows if r.get("train/loss")}) == [0, 1, 2, 3]
     assert len([r for r in rows if r.get("val/loss")]) == 2  # one validation per session, both kept
+
+
+def test_prediction_targets_and_zero_terminal_snr_come_from_diffusers():
+    from diffusers import DDPMScheduler
+
+    from i2vlab.diffusion.schedules import build_noise_scheduler, stratified_timesteps, training_target
+
+    cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    eps = build_noise_scheduler(config=cfg)
+    v = build_noise_scheduler(
+        config=cfg, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+    x, n = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 4, 3, 8, 8)
+    t = torch.tensor([10, 900])
+    assert torch.equal(training_target(eps, x, n, t), n)
+    a = v.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1, 1)
+    s = (1 - v.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1, 1)
+    assert torch.allclose(training_target(v, x, n, t), a * n - s * x, atol=1e-6)  # v = α ε − σ x0
+    assert v.alphas_cumprod[-1] < 1e-6 < eps.alphas_cumprod[-1]  # zero terminal SNR
+    assert isinstance(v, DDPMScheduler) and v.config.timestep_spacing == "trailing"
+    ts = stratified_timesteps(10)
+    assert ts.tolist() == [50, 150, 250, 350, 450, 550, 650, 750, 850, 950]

@@ -46,8 +46,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 
 def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
-    print(OmegaConf.to_yaml(cfg, resolve=False))
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception as e:  # e.g. a mandatory `???` value: show the unresolved config, then fail below
+        text = f"{OmegaConf.to_yaml(cfg, resolve=False)}\n# (could not resolve: {e})"
+    print(text)
+    log.info("config:\n%s", text)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     pl.seed_everything(cfg.seed, workers=True)  # random-init parts depend on it: seed right before building
     model = instantiate_model(cfg)
