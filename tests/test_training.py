@@ -79,7 +79,7 @@ def test_missing_weights_fail_early_naming_the_config_key(tmp_path):
     err = e.value
     while err.__cause__ is not None and not isinstance(err, WeightsNotFoundError):
         err = err.__cause__
-    assert isinstance(err, WeightsNotFoundError) and "backbone.vae" in str(err)
+    assert isinstance(err, WeightsNotFoundError) and "`backbone.vae.pretrained=" in str(err)
 
 
 def test_weights_load_from_a_local_pretrained_folder(tmp_path):

@@ -84,7 +84,7 @@ def install_content_adapter(
 
     image_proj = dict(to_plain(image_proj) or {})
     if pretrained is not None and not on_meta():
-        check_weights(pretrained, name, IP_ADAPTER_PUBLISHED)
+        check_weights(pretrained, f"{name}.pretrained", IP_ADAPTER_PUBLISHED)
         if not Path(pretrained).expanduser().is_file():
             raise WeightsNotFoundError(
                 f"{name}.pretrained must be an IP-Adapter checkpoint file, got {pretrained!r}. "

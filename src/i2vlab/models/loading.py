@@ -56,13 +56,14 @@ def looks_like_local_path(s: str) -> bool:
     )
 
 
-def check_weights(pretrained: str, name: str, published: str | None = None) -> None:
-    """Fail early if ``pretrained`` is meant as a local path but is missing."""
+def check_weights(pretrained: str, key: str, published: str | None = None) -> None:
+    """Fail early if ``pretrained`` is meant as a local path but is missing. ``key`` is the full
+    config key that holds the path (e.g. ``backbone.vae.pretrained``)."""
     if looks_like_local_path(pretrained) and not Path(pretrained).expanduser().exists():
         where = f" Published weights: {published}." if published else ""
         raise WeightsNotFoundError(
-            f"{name}: weights path {pretrained!r} does not exist. Set `{name}.pretrained=<local dir or hub id>` "
-            f"(or `pretrained=null` for random init from the config, tests only).{where}"
+            f"{key}: weights path {pretrained!r} does not exist. Set `{key}=<local dir or hub id>` "
+            f"(or null for random init from the architecture config, tests only).{where}"
         )
 
 
@@ -101,7 +102,7 @@ def load_or_build(
         if config_class is not None:
             return klass(import_object(config_class)(**config))
         return klass(**config)
-    check_weights(pretrained, name, published)
+    check_weights(pretrained, f"{name}.pretrained", published)
     sub = {"subfolder": subfolder} if subfolder else {}
     try:
         return klass.from_pretrained(pretrained, **sub, **kwargs)

@@ -115,7 +115,7 @@ def build_image_processor(
     from transformers import CLIPImageProcessor
 
     if pretrained is not None and not on_meta():
-        check_weights(pretrained, name, SVD_PUBLISHED)
+        check_weights(pretrained, f"{name}.pretrained", SVD_PUBLISHED)
         return CLIPImageProcessor.from_pretrained(pretrained, subfolder=subfolder)
     return CLIPImageProcessor(**{**SVD_IMAGE_PROCESSOR_CONFIG, **dict(to_plain(config) or {})})
 

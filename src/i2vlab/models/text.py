@@ -56,5 +56,5 @@ def build_tokenizer(
     """CLIP tokenizer from ``pretrained`` (local path or hub id), or the byte-level one if ``None``."""
     if pretrained is None or on_meta():
         return byte_level_clip_tokenizer(model_max_length)
-    check_weights(pretrained, name)
+    check_weights(pretrained, f"{name}.pretrained")
     return CLIPTokenizer.from_pretrained(pretrained, subfolder=subfolder)
