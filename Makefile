@@ -30,13 +30,14 @@ demo: install
 	$(BIN)/python scripts/make_toy_shards.py --out data/toy
 	$(BIN)/python train.py experiment=smoke hydra.run.dir=$(DEMO_DIR)/train
 	$(BIN)/python scripts/sample.py --run $(DEMO_DIR)/train --prompt "a red circle moving left over a striped background" \
+		--prompt "a blue square zooming in over a checkered background" \
 		--num-frames 8 --set num_inference_steps=8 --out $(DEMO_DIR)/samples/demo.mp4
 	$(BIN)/python evaluate.py eval=smoke eval.generated=$(DEMO_DIR)/samples eval.output_dir=$(DEMO_DIR)/eval
 	@echo
 	@echo "demo outputs:"
 	@echo "  toy shards     data/toy/{train,val}/*.tar"
-	@echo "  training run   $(DEMO_DIR)/train  (checkpoints/, export/, samples/, csv/metrics.csv)"
-	@echo "  sampled video  $(DEMO_DIR)/samples/demo.mp4"
+	@echo "  training run   $(DEMO_DIR)/train  (checkpoints/, export/, samples/, csv/version_0/metrics.csv)"
+	@echo "  sampled videos $(DEMO_DIR)/samples/demo_{0,1}.mp4"
 	@echo "  evaluation     $(DEMO_DIR)/eval  (results.json, results.md)"
 
 test: install

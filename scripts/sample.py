@@ -9,7 +9,7 @@
 must hold the config). ``--set key=value`` pairs are passed to the method's ``sample()`` (values
 parsed as YAML: numbers, true/false, lists); ``--override key=value`` changes the run config
 first (e.g. ``backbone.pretrained=/models/sd15`` on another machine). Writes mp4 (or gif by
-suffix) and prints the paths.
+suffix) and the prompt beside each video as ``<name>.txt``, and prints the paths.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for i, v in enumerate(videos):
         p = out if len(videos) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
         paths.append(write_video(p, v, fps=a.fps))
+        p.with_suffix(".txt").write_text(prompts[i % len(prompts)])  # caption beside it, read by evaluate.py
         if a.gif and p.suffix != ".gif":
             paths.append(write_video(p.with_suffix(".gif"), v, fps=a.fps))
     print(f"sampled {len(videos)} video(s) of {videos.shape[1]} frames in {dt:.1f}s")

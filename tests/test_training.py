@@ -374,3 +374,67 @@ def test_prediction_targets_and_zero_terminal_snr_come_from_diffusers():
     assert isinstance(v, DDPMScheduler) and v.config.timestep_spacing == "trailing"
     ts = stratified_timesteps(10)
     assert ts.tolist() == [50, 150, 250, 350, 450, 550, 650, 750, 850, 950]
+
+
+def test_sample_script_writes_videos_and_captions_from_a_run(tmp_path, toy_data):
+    import sample
+
+    from i2vlab.utils.video_io import read_video
+
+    train(compose_train(["experiment=smoke", *FAST], tmp_path / "run", toy_data))
+    out = tmp_path / "s" / "v.mp4"
+    paths = sample.main(
+        [
+            "--run",
+            str(tmp_path / "run"),
+            "--prompt",
+            "a red circle moving left",
+            "--prompt",
+            "a blue square",
+            "--num-frames",
+            "6",
+            "--out",
+            str(out),
+            "--gif",
+            "--set",
+            "num_inference_steps=3",
+            "guidance_scale=2.0",
+        ]
+    )
+    assert [p.name for p in paths] == ["v_0.mp4", "v_0.gif", "v_1.mp4", "v_1.gif"]
+    frames, _ = read_video(paths[0])
+    assert frames.shape == (6, 32, 32, 3)
+    assert (tmp_path / "s" / "v_1.txt").read_text() == "a blue square"
+    # same seed -> same video; the guidance scale given with --set reaches the sampler
+    again = sample.main(
+        [
+            "--run",
+            str(tmp_path / "run"),
+            "--prompt",
+            "a red circle moving left",
+            "--num-frames",
+            "6",
+            "--out",
+            str(tmp_path / "s2.mp4"),
+            "--set",
+            "num_inference_steps=3",
+            "guidance_scale=2.0",
+        ]
+    )
+    assert (read_video(again[0])[0] == frames).all()
+    other = sample.main(
+        [
+            "--run",
+            str(tmp_path / "run"),
+            "--prompt",
+            "a red circle moving left",
+            "--num-frames",
+            "6",
+            "--out",
+            str(tmp_path / "s3.mp4"),
+            "--set",
+            "num_inference_steps=3",
+            "guidance_scale=9.0",
+        ]
+    )
+    assert not (read_video(other[0])[0] == frames).all()
