@@ -54,9 +54,11 @@ format: install
 	$(BIN)/ruff check --fix src tests scripts train.py evaluate.py
 	$(BIN)/ruff format src tests scripts train.py evaluate.py
 
-bench: install
+bench: install  ## CPU-sized by default; see each script for full-size GPU options
 	$(BIN)/python scripts/bench/bench_dataloader.py
 	$(BIN)/python scripts/bench/bench_training.py
+	$(BIN)/python scripts/bench/bench_sampling.py
+	$(BIN)/python scripts/bench/bench_evaluator.py
 
 clean:
 	rm -rf outputs multirun data/toy .pytest_cache .ruff_cache
