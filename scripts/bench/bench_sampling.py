@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,20 +70,19 @@ def main() -> None:
         kw = {"num_inference_steps": a.steps}
         if type(m).__name__ == "GenerativeInbetweening":
             kw["last_images"] = image.flip(-1)
+        prompt = ["a red circle moving left"]
         ours = timed(
-            lambda: m.sample(["a red circle moving left"], images=image, num_frames=a.frames, seed=0, **kw),
-            a.repeats,
-            device,
+            partial(m.sample, prompt, images=image, num_frames=a.frames, seed=0, **kw), a.repeats, device
         )
         ref = None
-        plain_t2v = (
-            getattr(m.unet, "encoder_hid_proj", None) is None
-        )  # stock pipeline cannot feed IP-Adapter UNets
+        # the stock pipeline cannot feed IP-Adapter UNets (image projection)
+        plain_t2v = getattr(m.unet, "encoder_hid_proj", None) is None
         if type(m.unet).__name__ == "UNetMotionModel" and m.text_encoder is not None and plain_t2v:
             ref = timed(
-                lambda: sample_t2v(
+                partial(
+                    sample_t2v,
                     m,
-                    ["a red circle moving left"],
+                    prompt,
                     num_frames=a.frames,
                     height=h,
                     width=w,
