@@ -336,12 +336,16 @@ class VideoDiffusionModule(pl.LightningModule):
             losses.append(loss.detach())
         self._val_losses.append(torch.stack(losses, dim=1))  # (b, n)
         if batch_idx == 0 and self._val_inputs is None:
-            k = int(self.validation_cfg["num_samples"])
-            self._val_inputs = {
-                "prompts": list(batch["caption"][:k]),
-                "images": batch["video"][:k, 0].detach(),
-                "num_frames": batch["video"].shape[1],
-            }
+            self._val_inputs = self.validation_sample_inputs(batch, int(self.validation_cfg["num_samples"]))
+
+    def validation_sample_inputs(self, batch: Mapping[str, Any], k: int) -> dict[str, Any]:
+        """Keyword arguments of :meth:`sample` for the fixed-seed validation videos, taken from the
+        first ``k`` clips of the first validation batch (keyframe methods add ``last_images``)."""
+        return {
+            "prompts": list(batch["caption"][:k]),
+            "images": batch["video"][:k, 0].detach(),
+            "num_frames": batch["video"].shape[1],
+        }
 
     def on_validation_epoch_start(self) -> None:
         self._val_losses, self._val_inputs = [], None
@@ -374,11 +378,7 @@ class VideoDiffusionModule(pl.LightningModule):
 
         inp = self._val_inputs
         videos = self.sample(
-            inp["prompts"],
-            images=inp["images"],
-            num_frames=inp["num_frames"],
-            seed=self.seed,
-            num_inference_steps=int(self.validation_cfg["sample_steps"]),
+            **inp, seed=self.seed, num_inference_steps=int(self.validation_cfg["sample_steps"])
         )
         root = Path(self.validation_cfg["sample_dir"] or Path(self.trainer.default_root_dir) / "samples")
         paths = [write_video(root / f"step{self.global_step:07d}_{i}.mp4", v) for i, v in enumerate(videos)]

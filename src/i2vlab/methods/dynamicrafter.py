@@ -253,6 +253,13 @@ class DynamiCrafter(VideoDiffusionModule):
             )
         return load_matching(self, tensors) + extra
 
+    def validation_sample_inputs(self, batch: Mapping[str, Any], k: int) -> dict[str, Any]:
+        """Interpolation mode: the validation videos run between each clip's first and last frames."""
+        inputs = super().validation_sample_inputs(batch, k)
+        if self.interp_mode:
+            inputs["last_images"] = batch["video"][:k, -1].detach()
+        return inputs
+
     # ------------------------------------------------------------------------------------------
     # sampling
     # ------------------------------------------------------------------------------------------

@@ -195,21 +195,9 @@ class GenerativeInbetweening(VideoDiffusionModule):
         """Fixed noise levels: centres of n equal-probability strata of LogNormal(p_mean, p_std)."""
         return stratified_sigmas(n, self.p_mean, self.p_std)
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        if self._val_inputs is not None and "last_images" not in self._val_inputs:
-            k = len(self._val_inputs["prompts"])
-            self._val_inputs["last_images"] = batch["video"][:k, -1].detach()
-
-    def _write_validation_samples(self) -> None:
-        # the base passes (prompts, images, num_frames, seed, num_inference_steps) to sample(): the
-        # second keyframe travels through the default sampling options for this call
-        saved = self.sampling_cfg
-        self.sampling_cfg = {**saved, "last_images": (self._val_inputs or {}).get("last_images")}
-        try:
-            super()._write_validation_samples()
-        finally:
-            self.sampling_cfg = saved
+    def validation_sample_inputs(self, batch: Mapping[str, Any], k: int) -> dict[str, Any]:
+        """The validation videos interpolate between each clip's first and last frames."""
+        return {**super().validation_sample_inputs(batch, k), "last_images": batch["video"][:k, -1].detach()}
 
     # ------------------------------------------------------------------------------------------
     # sampling
