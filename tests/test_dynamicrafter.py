@@ -299,3 +299,31 @@ def test_sampler_keeps_concat_in_uncond_and_multicond_equals_standard(tmp_path):
     m.denoise = original
     vid = m.sample(["a"], images=images[:1], num_frames=8, seed=0, num_inference_steps=2, fs=5)
     assert vid.shape == (1, 8, 3, 32, 32) and vid.abs().max() <= 1
+
+
+def test_training_loss_sees_dynamically_rescaled_x0(tmp_path):
+    """512/1024 recipes: the noisy input and the v target are built from x0 * scale_arr[t]."""
+    model = build("toy_dynamicrafter_stage3", tmp_path)
+    model.configure_trainable()
+    x0 = torch.randn(2, 4, 3, 8, 8)
+    t = torch.tensor([0, 999])
+    assert torch.equal(model.scale_clean_latents(x0, t), x0)  # off: unchanged
+    model.use_dynamic_rescale, model.base_scale, model.turning_step = True, 0.3, 400
+    scaled = model.scale_clean_latents(x0, t)
+    assert torch.allclose(scaled[0], x0[0]) and torch.allclose(scaled[1], 0.3 * x0[1])
+    seen = []
+    denoise = model.denoise
+    model.denoise = lambda noisy, tt, cond: seen.append(noisy) or denoise(noisy, tt, cond)
+    video = torch.rand(2, 4, 3, 32, 32) * 2 - 1
+    batch = {
+        "video": video,
+        "caption": ["a", "b"],
+        "fps": torch.full((2,), 8.0),
+        "frame_stride": torch.ones(2),
+    }
+    g = torch.Generator().manual_seed(0)
+    model.compute_loss(batch, g, timesteps=torch.tensor([999, 999]), train=False)
+    model.use_dynamic_rescale = False
+    g = torch.Generator().manual_seed(0)
+    model.compute_loss(batch, g, timesteps=torch.tensor([999, 999]), train=False)
+    assert not torch.allclose(seen[0], seen[1])  # the rescale reaches the network input

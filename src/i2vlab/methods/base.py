@@ -9,8 +9,9 @@ weights only for random-init backbones), validation loss at fixed stratified tim
 fixed-seed validation samples written as mp4.
 
 A method overrides a few hooks (see "method hooks" below): ``prepare_conditions``,
-``prepare_noisy``, ``denoise``, ``loss_mask`` and ``sample``; or ``compute_loss`` wholesale when
-its objective differs (e.g. EDM for SVD).
+``prepare_noisy``, ``denoise``, ``loss_mask``, ``scale_clean_latents``, ``loss_logs``,
+``validation_sample_inputs`` and ``sample``; or ``compute_loss`` wholesale when its objective
+differs (e.g. EDM for SVD).
 
 Tensor layouts: ``video`` b f c h w in [-1, 1]; ``latents`` b c f h w (diffusers video UNets).
 """
@@ -285,11 +286,20 @@ class VideoDiffusionModule(pl.LightningModule):
         cond = self.prepare_conditions(batch, latents, generator, train=train)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         t = self.sample_timesteps(latents.shape[0], generator) if timesteps is None else timesteps
+        latents = self.scale_clean_latents(latents, t)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         noisy = self.prepare_noisy(noisy, latents, cond)
         pred = self.denoise(noisy, t, cond).float()
         target = training_target(self.noise_scheduler, latents, noise, t).float()
-        return self.masked_mse(pred, target, self.loss_mask(latents, cond)), {}
+        return self.masked_mse(pred, target, self.loss_mask(latents, cond)), self.loss_logs(train)
+
+    def scale_clean_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Clean latents as the noise schedule sees them (DynamiCrafter's dynamic rescale); default: as is."""
+        return latents
+
+    def loss_logs(self, train: bool) -> dict[str, Any]:
+        """Extra scalars logged with the training loss (e.g. learned gates)."""
+        return {}
 
     @staticmethod
     def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -29,7 +29,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from i2vlab.diffusion.schedules import training_target
 from i2vlab.methods.base import VideoDiffusionModule, load_matching, load_weights_file
 from i2vlab.models.dynamicrafter import (
     DualCrossAttnProcessor,
@@ -207,21 +206,12 @@ class DynamiCrafter(VideoDiffusionModule):
         table = dynamic_rescale_table(T, self.base_scale, self.turning_step).to(timesteps.device)
         return table[timesteps.long()]
 
-    def compute_loss(
-        self,
-        batch: Mapping[str, Any],
-        generator: torch.Generator,
-        timesteps: torch.Tensor | None = None,
-        train: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        latents = self.encode_video(batch["video"], generator)
-        cond = self.prepare_conditions(batch, latents, generator, train=train)
-        t = self.sample_timesteps(latents.shape[0], generator) if timesteps is None else timesteps
-        x0 = latents * self.x0_scale(t).view(-1, 1, 1, 1, 1)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        pred = self.denoise(noisy, t, cond).float()
-        target = training_target(self.noise_scheduler, x0, noise, t).float()
+    def scale_clean_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """512/1024 recipes: x0 multiplied by the dynamic rescale factor of its timestep."""
+        return latents * self.x0_scale(timesteps).view(-1, 1, 1, 1, 1)
+
+    def loss_logs(self, train: bool) -> dict[str, Any]:
+        """The learned gate λ of every layer (paper Figure 2) and their mean."""
         logs: dict[str, Any] = {}
         if train and self.log_gates:
             gates = gate_values(self.unet)
@@ -229,7 +219,7 @@ class DynamiCrafter(VideoDiffusionModule):
                 logs[f"lambda/{i:02d}"] = v
             if gates:
                 logs["lambda/mean"] = float(np.mean(list(gates.values())))
-        return self.masked_mse(pred, target, None), logs
+        return logs
 
     # ------------------------------------------------------------------------------------------
     # stage chaining
