@@ -129,6 +129,7 @@ def test_smoke_training_writes_checkpoints_samples_metrics_and_export(tmp_path, 
     assert frames.shape == (8, 32, 32, 3)
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert any(r.get("train/loss") for r in rows) and any(r.get("perf/samples_per_sec") for r in rows)
+    assert any(r.get("lr") for r in rows) and any(float(r.get("perf/peak_mem_gb") or 0) > 0 for r in rows)
     assert any(r.get("val/loss") for r in rows) and any(r.get("val/loss_stratum03") for r in rows)
     assert "val/loss" in metrics
     assert (tmp_path / "export" / "trainable.safetensors").is_file() and (
@@ -438,3 +439,32 @@ def test_sample_script_writes_videos_and_captions_from_a_run(tmp_path, toy_data)
         ]
     )
     assert not (read_video(other[0])[0] == frames).all()
+
+
+def test_memory_switches_gradient_checkpointing_bf16_frozen_parts_and_ema_export(tmp_path, toy_data):
+    cfg = compose_train(
+        [
+            "experiment=smoke",
+            *FAST,
+            "method.gradient_checkpointing=true",
+            "method.frozen_dtype=bf16",
+            "method.ema={decay: 0.5}",
+        ],
+        tmp_path,
+        toy_data,
+    )
+    train(cfg)
+    model = instantiate_model(cfg)
+    model.setup("fit")
+    assert model.unet.is_gradient_checkpointing
+    assert next(model.vae.parameters()).dtype == torch.bfloat16
+    assert next(model.text_encoder.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+    loss, _ = model.compute_loss(_toy_batch(), model.step_generator())
+    loss.mean().backward()  # trains through checkpointed blocks with bf16 frozen encoders
+    assert all(p.grad is not None for p in model.trainable_parameters())
+    from safetensors.torch import load_file
+
+    raw = load_file(str(tmp_path / "export" / "trainable.safetensors"))
+    ema = load_file(str(tmp_path / "export" / "trainable_ema.safetensors"))
+    assert set(raw) == set(ema) and any(not torch.equal(raw[k], ema[k]) for k in raw)

@@ -482,7 +482,9 @@ class VideoDiffusionModule(pl.LightningModule):
             self.ema.store(self.trainable_parameters())
             self.ema.copy_to(self.trainable_parameters())
         try:
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in trainable_state_dict(self).items()}
+            tensors = {
+                k: v.detach().to("cpu", copy=True).contiguous() for k, v in trainable_state_dict(self).items()
+            }
         finally:
             if use_ema and self.ema is not None:
                 self.ema.restore(self.trainable_parameters())
