@@ -4,11 +4,12 @@ DDP, multirun, loggers, parameter reports, weight-loading errors."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_train, run_script
+from conftest import CONF, ROOT, compose_train, run_script
 from omegaconf import OmegaConf
 
 from i2vlab.training import instantiate_model, train
@@ -216,6 +217,50 @@ def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, to
     rows = list(csv.DictReader(open(tmp_path / "resumed" / "csv" / "version_0" / "metrics.csv")))
     steps = sorted({int(r["step"]) for r in rows if r.get("train/loss")})
     assert steps == list(range(6))  # one CSV, steps 0..5, logged across both runs
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_on_the_same_trajectory(tmp_path, toy_data, one_thread):
+    """SIGKILL a training process when step 4 begins; ckpt_path=last continues from step 3 and ends
+    with the same weights as an uninterrupted run."""
+    import subprocess
+    import sys
+
+    common = [
+        "experiment=smoke",
+        "data.num_workers=1",
+        "method.validation.num_samples=0",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "trainer.val_check_interval=100",
+        "trainer.max_steps=6",
+    ]
+    run = tmp_path / "killed"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *common,
+            f"paths.data_dir={toy_data}",
+            f"hydra.run.dir={run}",
+            "+callbacks.killer._target_=killer.KillAtStep",
+            "+callbacks.killer.step=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert not (run / "export").exists()  # it really died mid-run
+    train(compose_train([*common, "ckpt_path=last"], run, toy_data))
+    train(compose_train(common, tmp_path / "full", toy_data))
+    got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert got["global_step"] == ref["global_step"] == 6
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(got["state_dict"][k], v), k
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, toy_data):
