@@ -36,15 +36,19 @@ from .inputs import ref_from_path as _ref
 
 log = logging.getLogger(__name__)
 
-# metric name -> feature group; "dover" is recognised but not implemented (reported as not computed)
+# metric name -> feature group; "dover" is computed only when eval.extractors.dover is configured
 METRIC_GROUPS = {
     "fvd": "i3d", "kvd": "i3d", "fid": "inception", "pic": "dreamsim",
     "clip_temp": "clip", "clip_first_frame": "clip", "clip_image": "clip", "clip_text": "clip",
     "flow_score": "flow", "warping_error": "flow", "lpips": "paired", "psnr": "paired", "ssim": "paired",
-    "dover": None,
+    "dover": "dover",
 }  # fmt: skip
 SET_METRICS = ("fvd", "kvd", "fid")  # need the real set
-NOT_IMPLEMENTED = {"dover": "DoverVQA is not computed: the DOVER network is not implemented in i2vlab"}
+NOT_IMPLEMENTED: dict[str, str] = {}
+DOVER_NOT_CONFIGURED = (
+    "DoverVQA is not computed: eval.extractors.dover.weights_path is not set (DOVER.pth from "
+    "https://github.com/QualityAssessment/DOVER/releases/download/v0.1.0/DOVER.pth)"
+)
 FVD_VARIANTS = {"styleganv": {"ddof": 0}, "videogpt": {"ddof": 1}}
 
 DEFAULTS: dict = {
@@ -77,6 +81,7 @@ DEFAULTS: dict = {
     "kvd": {"num_subsets": 100, "subset_size": 1000, "scale": 1.0, "seed": 0},
     "clip_text": {"scale": 1.0},
     "warping_error": {"downsample": 0.5},
+    "dover": {"score": "technical_raw", "rescale": "evalcrafter"},
     "extractors": {
         "i3d": {"weights_path": None, "input_size": 224, "resize_mode": "squash", "width": 1.0},
         "inception": {"weights_path": None, "input_size": 299, "resize_mode": "tf1_squash"},
@@ -85,6 +90,10 @@ DEFAULTS: dict = {
         "flow": {"name": "opencv_flow", "method": "dis", "weights_path": None, "variant": "raft_large",
                  "num_flow_updates": 20},
         "lpips": {"weights_path": None, "net": "alex"},
+        "dover": {"weights_path": None, "seed": 0, "tiny": None,
+                  "technical": {"fragments": 7, "fsize": 32, "clip_len": 32, "frame_interval": 2, "num_clips": 3},
+                  "aesthetic": {"size": 224, "clip_len": 32, "t_frag": 32, "frame_interval": 2,
+                                "antialias": False}},
     },
     "generate": {"checkpoint": None, "prompts": None, "num_frames": 16, "seed": 0, "batch_size": 1, "fps": 8,
                  "kwargs": {}},
@@ -201,7 +210,13 @@ class Evaluator:
             raise ValueError("eval.num_frames must be >= 2")
         if c["output_dir"] is None:
             raise ValueError("eval.output_dir is not set (evaluate.py sets it to the Hydra run dir)")
-        self.metric_names = [m for m in c["metrics"] if METRIC_GROUPS[m] is not None]
+        self.not_computed = dict(NOT_IMPLEMENTED)
+        dcfg = c["extractors"]["dover"]
+        if "dover" in c["metrics"] and dcfg.get("weights_path") in (None, "") and not dcfg.get("tiny"):
+            self.not_computed["dover"] = DOVER_NOT_CONFIGURED  # a weights path or a tiny test net enables it
+        self.metric_names = [
+            m for m in c["metrics"] if METRIC_GROUPS[m] is not None and m not in self.not_computed
+        ]
         self.groups = sorted({METRIC_GROUPS[m] for m in self.metric_names})
         self.device = self._device(c["device"])
         self.extractors = self._build_extractors()  # fails on missing weights before any video is read
@@ -259,6 +274,7 @@ class Evaluator:
             "lpips": M.VideoLPIPS,
             "psnr": M.VideoPSNR,
             "ssim": M.VideoSSIM,
+            "dover": lambda: M.DOVERScores(score=c["dover"]["score"], rescale=c["dover"]["rescale"]),
         }  # fmt: skip
         return {m: make[m]() for m in self.metric_names}
 
@@ -488,6 +504,10 @@ class Evaluator:
             out.append(d)
         return out
 
+    def _dover(self, samples):
+        ex = self.extractors["dover"]
+        return [ex(s["video"][None].to(self.device)).cpu()[0].double() for s in samples]
+
     def _paired(self, samples):
         out = []
         for s in samples:
@@ -576,6 +596,11 @@ class Evaluator:
             for m, k in (("flow_score", "flow"), ("warping_error", "warp")):
                 if m in names:
                     per[m] = [v[k] for v in vals]
+        if "dover" in self.groups:
+            raw = torch.stack(self._cached("dover", fakes, ck, self._dover))  # n 2: aesthetic, technical
+            self.metrics["dover"].update(values=raw)
+            for i, d in enumerate(self.metrics["dover"].per_video_scores(raw)):
+                rows[i].update(d)
         if "paired" in self.groups:
             ok = []
             for i, s in enumerate(fakes):
@@ -687,11 +712,13 @@ class Evaluator:
                 }
                 if m == "fid":
                     values[m]["unit"] = "frames (videos x frames, one Gaussian)"
+            elif m == "dover":
+                values[m] = {**v, "n": int(metric.count)}
             else:
                 values[m] = {"value": float(v), "n": int(metric.count)}
         for m in c["metrics"]:
-            if m in NOT_IMPLEMENTED:
-                values[m] = {"value": None, "error": NOT_IMPLEMENTED[m]}
+            if m in self.not_computed:
+                values[m] = {"value": None, "error": self.not_computed[m]}
         for m in self.metrics:
             if m == "fvd":
                 values[m].update({"variant": c["fvd"]["variant"], "extractor": "i3d"})
@@ -709,8 +736,8 @@ class Evaluator:
         if want_n and n_gen != int(want_n):
             reasons.append(f"N={n_gen} generated videos scored; the protocol uses {want_n}")
         for m in c["metrics"]:
-            if m in NOT_IMPLEMENTED:
-                reasons.append(NOT_IMPLEMENTED[m])
+            if m in self.not_computed:
+                reasons.append(self.not_computed[m])
         from .report import git_revision
 
         return {

@@ -8,6 +8,7 @@ from .classes import (
     CLIPImageFrameSimilarity,
     CLIPTemporalConsistency,
     CLIPTextSimilarity,
+    DOVERScores,
     FlowScore,
     FrechetDistance,
     FrechetInceptionDistanceFrames,
@@ -32,7 +33,7 @@ from .extractors import EXTRACTORS, MissingWeightsError, build_extractor
 
 __all__ = [
     "CLIPFirstFrameConsistency", "CLIPImageFrameSimilarity", "CLIPTemporalConsistency", "CLIPTextSimilarity",
-    "EXTRACTORS", "FlowScore", "FrechetDistance", "FrechetInceptionDistanceFrames", "FrechetVideoDistance",
+    "DOVERScores", "EXTRACTORS", "FlowScore", "FrechetDistance", "FrechetInceptionDistanceFrames", "FrechetVideoDistance",
     "KernelDistance", "KernelVideoDistance", "MissingWeightsError", "PerVideoMean", "PerceptualInputConformity",
     "VideoLPIPS", "VideoPSNR", "VideoSSIM", "WarpingError", "build_extractor", "frechet_distance",
     "gaussian_stats", "polynomial_mmd", "polynomial_mmd_subsets", "stats_from_sums",

@@ -248,3 +248,76 @@ class VideoPSNR(PerVideoMean):
 class VideoSSIM(PerVideoMean):
     def per_video(self, preds, targets):
         return torch.stack([Fm.ssim_per_frame(p, t).mean() for p, t in zip(preds, targets)])
+
+
+class DOVERScores(Metric):
+    """DOVER video quality (I2V-Adapter's DoverVQA, EvalCrafter's DOVER metric).
+
+    ``update(videos)`` (with an extractor) or ``update(values=(n, 2) raw [aesthetic, technical])``.
+    State: sums over videos of the raw scores and of the per-video rescaled 0-100 scores (EvalCrafter
+    averages the per-video sigmoid scores). ``compute()`` -> dict: ``value`` (the score picked by
+    ``score``, default ``technical_raw`` = ``dover_vqa``), ``technical_raw``, ``aesthetic_raw``,
+    ``dover_technical``, ``dover_aesthetic``, ``dover_overall`` (``rescale`` constants, see
+    :data:`i2vlab.metrics.extractors.dover.RESCALE`).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+    FIELDS = ("technical_raw", "aesthetic_raw", "dover_technical", "dover_aesthetic", "dover_overall")
+    SCORES = {"technical_raw": "technical_raw", "aesthetic_raw": "aesthetic_raw", "technical": "dover_technical",
+              "aesthetic": "dover_aesthetic", "overall": "dover_overall"}  # fmt: skip
+
+    def __init__(self, extractor=None, score: str = "technical_raw", rescale: str = "evalcrafter", **kwargs):
+        super().__init__(**kwargs)
+        from .extractors.dover import RESCALE
+
+        if score not in self.SCORES:
+            raise ValueError(f"eval.dover.score must be one of {sorted(self.SCORES)}, got {score!r}")
+        if rescale not in RESCALE:
+            raise ValueError(f"eval.dover.rescale must be one of {sorted(RESCALE)}, got {rescale!r}")
+        self.extractor, self.score, self.rescale = extractor, score, rescale
+        self.add_state("totals", torch.zeros(len(self.FIELDS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _table(self, raw: torch.Tensor) -> torch.Tensor:
+        """(n, 2) raw [aesthetic, technical] -> (n, 5) in ``FIELDS`` order."""
+        from .extractors.dover import rescale_scores
+
+        raw = torch.as_tensor(raw, dtype=torch.float64).reshape(-1, 2)
+        r = rescale_scores(raw[:, 0], raw[:, 1], self.rescale)
+        return torch.stack([raw[:, 1], raw[:, 0], r["technical"], r["aesthetic"], r["overall"]], 1)
+
+    def per_video_scores(self, raw: torch.Tensor) -> list[dict]:
+        """Per-video row entries: ``dover`` (the picked score) and the five fields."""
+        out = []
+        for row in self._table(raw):
+            d = {f: float(v) for f, v in zip(self.FIELDS, row)}
+            out.append({"dover": d[self.SCORES[self.score]], **{f"dover_{k}" if not k.startswith("dover") else k: v
+                                                                  for k, v in d.items()}})  # fmt: skip
+        return out
+
+    def update(self, videos: torch.Tensor | None = None, *, values: torch.Tensor | None = None) -> None:
+        if values is None:
+            if self.extractor is None:
+                raise ValueError("DOVERScores has no extractor: pass values=")
+            values = self.extractor(videos)
+        t = self._table(values).to(self.totals.device)
+        self.totals = self.totals + t.sum(0)
+        self.count = self.count + t.shape[0]
+
+    def compute(self) -> dict:
+        from .extractors.dover import FUSION_WEIGHTS, RESCALE
+
+        if self.count == 0:
+            raise ValueError("DOVERScores: no videos were scored")
+        means = {f: float(v) for f, v in zip(self.FIELDS, self.totals / self.count)}
+        return {
+            "value": means[self.SCORES[self.score]],
+            "score": self.score,
+            "dover_vqa": means["technical_raw"],
+            **means,
+            "rescale": self.rescale,
+            "rescale_constants": dict(RESCALE[self.rescale]),
+            "fusion_weights": {"technical": FUSION_WEIGHTS[0], "aesthetic": FUSION_WEIGHTS[1]},
+        }
