@@ -133,9 +133,18 @@ def test_smoke_training_writes_checkpoints_samples_metrics_and_export(tmp_path, 
     assert any(r.get("lr") for r in rows) and any(float(r.get("perf/peak_mem_gb") or 0) > 0 for r in rows)
     assert any(r.get("val/loss") for r in rows) and any(r.get("val/loss_stratum03") for r in rows)
     assert "val/loss" in metrics
-    assert (tmp_path / "export" / "trainable.safetensors").is_file() and (
-        tmp_path / "export" / "config.yaml"
-    ).is_file()
+    assert (tmp_path / "export" / "trainable.safetensors").is_file()
+    assert (tmp_path / "export" / "config.yaml").is_file()
+    import json
+
+    from safetensors import safe_open
+
+    from i2vlab.utils.config import git_revision
+
+    info = [json.loads(line) for line in (tmp_path / "run_info.jsonl").read_text().splitlines()]
+    assert len(info) == 1 and info[0]["git_revision"] == git_revision() and info[0]["resumed_from"] is None
+    with safe_open(str(tmp_path / "export" / "trainable.safetensors"), "pt") as f:
+        assert f.metadata()["method"] == "AnimateDiffT2V" and f.metadata()["git_revision"] == git_revision()
 
 
 def test_exported_trainable_weights_load_into_a_fresh_model(tmp_path, toy_data):

@@ -44,6 +44,35 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(p)
 
 
+def write_run_info(output_dir: Path, **extra: Any) -> Path:
+    """``run_info.jsonl`` in the run directory: one line per launch (git revision, command line,
+    library versions, host, time), so every result can be traced to the code that produced it."""
+    import json
+    import platform
+    import sys
+    import time
+
+    import diffusers
+    import torch
+
+    info = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_revision": git_revision(),
+        "argv": sys.argv,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "diffusers": diffusers.__version__,
+        **extra,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "run_info.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps(info, default=str) + "\n")
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     try:
@@ -53,6 +82,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print(text)
     log.info("config:\n%s", text)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    write_run_info(output_dir, resumed_from=ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)  # random-init parts depend on it: seed right before building
     model = instantiate_model(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")

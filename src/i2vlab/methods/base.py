@@ -489,7 +489,15 @@ class VideoDiffusionModule(pl.LightningModule):
             if use_ema and self.ema is not None:
                 self.ema.restore(self.trainable_parameters())
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", "method": type(self).__name__})
+        from i2vlab.utils.config import git_revision
+
+        meta = {
+            "format": "pt",
+            "method": type(self).__name__,
+            "git_revision": git_revision(),
+            "ema": str(use_ema),
+        }
+        save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)
         if config is not None:
             from omegaconf import OmegaConf
