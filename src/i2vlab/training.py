@@ -79,8 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         text = OmegaConf.to_yaml(cfg, resolve=True)
     except Exception as e:  # e.g. a mandatory `???` value: show the unresolved config, then fail below
         text = f"{OmegaConf.to_yaml(cfg, resolve=False)}\n# (could not resolve: {e})"
-    print(text)
-    log.info("config:\n%s", text)
+    log.info("config:\n%s", text)  # Hydra's logging shows it on the console and in <run>/train.log
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     write_run_info(output_dir, resumed_from=ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)  # random-init parts depend on it: seed right before building
@@ -90,7 +89,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loaded = model.init_from(cfg.init_from)
         log.info("initialised %d tensors from %s", len(loaded), cfg.init_from)
     report = model.parameter_report()
-    print(report)
     log.info("parameters:\n%s", report)
 
     callbacks = instantiate_group(cfg.get("callbacks"))
