@@ -27,6 +27,7 @@ Input: videos ``b f c h w`` in [-1, 1] (the evaluator's clip is DOVER's "whole v
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -174,6 +175,7 @@ def _reverse(win: torch.Tensor, ws, b, d, h, w) -> torch.Tensor:
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, -1)
 
 
+@lru_cache(maxsize=64)
 def _shift_mask(d, h, w, ws, ss, device) -> torch.Tensor:
     """Attention mask of shifted windows (0 / -100), literally as upstream ``compute_mask``."""
     img = torch.zeros((1, d, h, w, 1), device=device)
@@ -188,6 +190,7 @@ def _shift_mask(d, h, w, ws, ss, device) -> torch.Tensor:
     return m.masked_fill(m != 0, -100.0).masked_fill(m == 0, 0.0)
 
 
+@lru_cache(maxsize=64)
 def _fragment_gate(d, h, w, ws, ss, device) -> torch.Tensor:
     """Upstream ``global_position_index`` reduced as the attention uses it: the feature map is split
     into ``ws[1] x ws[2]`` cells (nearest interpolation of the cell index grid), shifted like the
