@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -59,7 +59,3 @@ def parameter_report(module: nn.Module, depth: int = 1) -> tuple[str, int, int]:
 
 def trainable_state_dict(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((n, p.detach()) for n, p in module.named_parameters() if p.requires_grad)
-
-
-def count(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
