@@ -26,7 +26,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from i2vlab.diffusion.edm import (
@@ -271,33 +270,6 @@ def sample_trf(
 # ----------------------------------------------------------------------------------------------
 # optical-flow baseline
 # ----------------------------------------------------------------------------------------------
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    return ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def _flow(a: np.ndarray, b: np.ndarray, algorithm: str) -> np.ndarray:
-    import cv2
-
-    ga, gb = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
-    if algorithm == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return dis.calc(ga, gb, None)
-    if algorithm == "farneback":
-        return cv2.calcOpticalFlowFarneback(ga, gb, None, 0.5, 4, 15, 3, 5, 1.2, 0)
-    raise ValueError(f"flow algorithm {algorithm!r}: use 'dis' or 'farneback'")
-
-
-def _warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Backward warp: out(x) = img(x + flow(x)) (bilinear, border replicate)."""
-    import cv2
-
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(
-        img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-
-
 def flow_interpolate(
     first: torch.Tensor, last: torch.Tensor, num_frames: int, algorithm: str = "dis"
 ) -> torch.Tensor:
@@ -308,17 +280,15 @@ def flow_interpolate(
     ``(1-t)·warp(I0, F_t0) + t·warp(I1, F_t1)``. Returns (b f c h w) in [-1, 1]."""
     if num_frames < 2:
         raise ValueError("flow interpolation needs num_frames >= 2")
-    videos = []
-    for a_t, b_t in zip(first, last):
-        a, b = _to_uint8(a_t), _to_uint8(b_t)
-        f01, f10 = _flow(a, b, algorithm), _flow(b, a, algorithm)
-        af, bf = a.astype(np.float32), b.astype(np.float32)
-        frames = []
-        for t in np.linspace(0.0, 1.0, num_frames):
-            ft0 = -(1 - t) * t * f01 + t * t * f10
-            ft1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-            frame = (1 - t) * _warp(af, ft0.astype(np.float32)) + t * _warp(bf, ft1.astype(np.float32))
-            frames.append(frame)
-        v = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        videos.append(v)
-    return torch.stack(videos).clamp(-1, 1).to(first.device)
+    from i2vlab.metrics.extractors.flow import OpenCVFlow
+    from i2vlab.metrics.functional import warp
+
+    flow = OpenCVFlow(algorithm)  # the evaluator's OpenCV flow (DIS / Farneback), n 2 h w in pixels
+    a, b = first.float(), last.float()
+    f01, f10 = flow(a, b).to(a.device), flow(b, a).to(a.device)
+    frames = []
+    for t in torch.linspace(0.0, 1.0, num_frames).tolist():
+        ft0 = -(1 - t) * t * f01 + t * t * f10
+        ft1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
+        frames.append((1 - t) * warp(a, ft0) + t * warp(b, ft1))
+    return torch.stack(frames, dim=1).clamp(-1, 1)
