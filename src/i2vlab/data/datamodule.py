@@ -131,16 +131,15 @@ class VideoShardDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, num_workers = pytorch_worker_info()
-        rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}-frames")
+        stream = f"{self.seed}-{self.epoch}-{rank}-{worker}"
         skip = self.resume_positions.get(worker, 0)
         corrupt = short = consecutive = 0
         for raw_index, sample in enumerate(self.raw_samples()):
             if self.split_samples_by_rank and raw_index % world != rank:
                 continue
             if raw_index < skip:  # fast-forward after resume, without decoding
-                rng.random()
                 continue
-            rng_state = rng.getstate()
+            rng = random.Random(f"{stream}-frames-{raw_index}")  # per-sample: independent of skips
             try:
                 out = self.decode(sample, rng)
             except VideoDecodeError as e:
@@ -153,8 +152,6 @@ class VideoShardDataset(IterableDataset):
                     short += 1
                     consecutive += 1
                     log.warning("skipping too-short video %s", sample.get("__key__"))
-            rng.setstate(rng_state)
-            rng.random()  # one draw per raw sample keeps the frame RNG aligned with the raw stream
             if out is None:
                 if consecutive >= self.max_consecutive_failures:
                     raise RuntimeError(
