@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import i2vlab.utils.config  # noqa: F401  (resolvers used in saved configs)
+from i2vlab.training import instantiate_model
 
 
 def find_run_config(path: Path) -> DictConfig:
@@ -67,14 +67,13 @@ def load_method(
         cfg.paths.output_dir = run_dir
         cfg.paths.root_dir = str(Path.cwd())
     torch.manual_seed(int(cfg.get("seed", 0)))  # random-init frozen parts are rebuilt as in training
-    module = hydra.utils.instantiate(cfg.method, _convert_="partial")
+    module = instantiate_model(cfg)
     frozen_in_ckpt = bool(OmegaConf.select(cfg, "method.checkpoint_frozen", default=False))
     weights = _weights_for(path, use_ema, frozen_in_ckpt)
     if weights.suffix == ".safetensors":
         module.load_trainable(weights)
     else:
         ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
-        module.configure_trainable()
         module.load_state_dict(
             ckpt["state_dict"], strict=bool(ckpt.get("i2vlab", {}).get("checkpoint_frozen", False))
         )
