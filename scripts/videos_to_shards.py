@@ -41,10 +41,10 @@ def find_video(root: Path, row: dict) -> Path | None:
 
 
 def probe(data: bytes) -> dict:
-    """Open with decord to check the video decodes; returns its metadata."""
+    """Open the video (decord, PyAV fallback) to check it decodes; returns its metadata."""
     reader = open_video(data)
-    h, w = reader[0].shape[:2]
-    return {"fps": float(reader.get_avg_fps()), "num_frames": len(reader), "height": int(h), "width": int(w)}
+    h, w = reader.get([0]).shape[1:3]
+    return {"fps": reader.fps, "num_frames": len(reader), "height": int(h), "width": int(w)}
 
 
 def write_shard(index: int, rows: list[dict], videos: str, out: str) -> dict:

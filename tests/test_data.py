@@ -143,9 +143,9 @@ def test_corrupt_and_short_videos_are_skipped_and_counted(tmp_path, caplog):
     )
     out = list(ds)
     assert [s["key"] for s in out] == ["good", "good2"]
-    last = out[-1]
-    assert last["skipped_short"] == 1
-    assert last["skipped_corrupt"] == 2
+    last = out[-1]["health"]
+    assert last["short"] == 1
+    assert last["corrupt"] == 2
     assert "skipping" in caplog.text
 
 

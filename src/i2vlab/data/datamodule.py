@@ -3,12 +3,19 @@
 Pipeline per DataLoader worker (all of it runs inside the worker, so each worker opens its own
 decord readers):
 
-    shard list --(split by node, split by worker; or resampled with replacement)--> tar samples
-      --(shuffle buffer, seeded per epoch/rank/worker)--> decode only the needed frames (decord)
-      --> resize + centre-crop --> {video: f c h w in [-1, 1], caption, fps, frame_stride, key}
+    shard list (resolved and checked up front) --(split by node, split by worker; or resampled
+      with replacement)--> tar samples --(shuffle buffer, seeded per epoch/rank/worker)-->
+      decode only the needed frames (decord; PyAV for files decord rejects)
+      --> resize + centre-crop in uint8 --> {video: f c h w float in [-1, 1], caption, fps,
+      frame_stride, key}
 
-A corrupt, truncated or too-short video is skipped and counted; the counts travel with every
-batch (``skipped_corrupt``, ``skipped_short``) and are logged by the training module.
+Nothing bad in the data stops a run or disappears silently: corrupt, truncated or too-short
+videos, unreadable or truncated shards, duplicate keys, malformed metadata, non-UTF-8 or missing
+captions are skipped or repaired and counted (:mod:`i2vlab.data.health`). The counts travel with
+every batch; the data module sums them over workers and epochs, keeps the totals in the
+checkpoint, and the training module logs them summed over ranks (``data/<kind>``). A stream that
+yields nothing (every shard unreadable, every video unusable) raises after
+``max_consecutive_failures``; a worker that produces nothing for ``timeout_s`` fails the run.
 
 Resume: every sample carries the worker id and its position in that worker's (deterministic)
 raw stream. The datamodule records, from the batches the trainer actually consumed, how far each
@@ -31,9 +38,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from webdataset.utils import pytorch_worker_info
 
+from i2vlab.data.health import DataHealth
 from i2vlab.data.shards import list_shards
-from i2vlab.data.transforms import resize_center_crop, sample_frame_indices
-from i2vlab.utils.video_io import VideoDecodeError, from_uint8_frames, open_video, read_frames
+from i2vlab.data.tarstream import shard_samples
+from i2vlab.data.transforms import sample_frame_indices, video_from_uint8
+from i2vlab.utils.video_io import VideoDecodeError, open_video
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +51,17 @@ class VideoShardDataset(IterableDataset):
     """Iterable over clips from webdataset shards. See the module docstring for the pipeline.
 
     Args:
-        shards: folder of ``*.tar``, one tar, or a brace pattern (``data/shard-{000000..000009}.tar``).
+        shards: see :func:`~i2vlab.data.shards.list_shards` (folder, tar, brace pattern, glob, text
+            file of shard paths, or a list of those); resolved and checked when the dataset is made.
         num_frames: frames per clip.
         frame_stride: fixed int, or ``[lo, hi]`` for a random stride per clip (returned in the sample).
         resolution: ``(h, w)`` after short-side resize and centre crop.
         shuffle_buffer: webdataset shuffle buffer size (0 = no shuffling, shards in order).
         resampled: draw shards with replacement forever (training); else one pass over the shards.
         random_start: random clip start (training) or always frame 0 (evaluation).
-        max_consecutive_failures: raise (with a message) after this many unreadable videos in a row.
+        max_consecutive_failures: raise (with a message) after this many unusable videos or
+            unreadable shards in a row.
+        shards_key: the config key named in error messages.
     """
 
     def __init__(
@@ -64,9 +76,11 @@ class VideoShardDataset(IterableDataset):
         seed: int = 0,
         max_consecutive_failures: int = 200,
         split_samples_by_rank: bool = False,
+        shards_key: str = "data.train_shards",
     ) -> None:
         super().__init__()
-        self.urls = list(shards) if not isinstance(shards, str) else list_shards(shards)
+        self.shards_key = shards_key
+        self.urls = list_shards(shards, key=shards_key)
         self.num_frames = int(num_frames)
         self.frame_stride = frame_stride if isinstance(frame_stride, int) else [int(s) for s in frame_stride]
         self.resolution = (int(resolution[0]), int(resolution[1]))
@@ -78,52 +92,105 @@ class VideoShardDataset(IterableDataset):
         self.split_samples_by_rank = split_samples_by_rank
         self.epoch = 0
         self.resume_positions: dict[int, int] = {}
+        self.health = DataHealth()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     # -- stream -----------------------------------------------------------------------------------
-    def _shard_stream(self, rng: random.Random) -> Iterator[dict[str, str]]:
+    def _shard_stream(self, rng: random.Random) -> Iterator[str]:
         if self.resampled:
             while True:
-                yield {"url": rng.choice(self.urls)}
+                yield rng.choice(self.urls)
         order = list(self.urls)
         if self.shuffle_buffer > 0:  # same order on every rank/worker, then split
             random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
         # evaluation streams split samples (not shards) across ranks, so that every rank gets
         # the same number of clips even with fewer shards than ranks
-        urls = wds.split_by_worker(order if self.split_samples_by_rank else wds.split_by_node(order))
-        yield from ({"url": u} for u in urls)
+        yield from wds.split_by_worker(order if self.split_samples_by_rank else wds.split_by_node(order))
+
+    def _tar_samples(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        empty_in_a_row = 0
+        for url in self._shard_stream(rng):
+            produced = False
+            for sample in shard_samples(url, self.health):
+                produced = True
+                empty_in_a_row = 0
+                yield sample
+            if not produced:
+                empty_in_a_row += 1
+                if self.resampled and empty_in_a_row >= max(
+                    self.max_consecutive_failures, 2 * len(self.urls)
+                ):
+                    raise RuntimeError(
+                        f"{empty_in_a_row} shards in a row gave no sample ({self.health}); check "
+                        f"{self.shards_key} ({self.urls[0]} ...): are these readable webdataset tar files?"
+                    )
 
     def raw_samples(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, num_workers = pytorch_worker_info()
         rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(self._shard_stream(rng))
+        samples = self._tar_samples(rng)
         if self.shuffle_buffer > 0:
-            samples = wds.filters._shuffle(
-                samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng
+            samples = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(
+                samples
             )
         return samples
+
+    def _caption(self, sample: dict[str, Any]) -> str:
+        raw = sample.get("txt")
+        if raw is None:
+            self.health.add("missing_caption")
+            return ""
+        if not isinstance(raw, (bytes, bytearray)):
+            return str(raw).strip()
+        try:
+            return raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            self.health.add("bad_caption")
+            log.warning(
+                "caption of %s (%s) is not UTF-8 (%s): decoded with replacement characters",
+                sample.get("__key__"),
+                sample.get("__url__"),
+                e,
+            )
+            return raw.decode("utf-8", errors="replace").strip()
+
+    def _meta(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if "json" not in sample:
+            return {}
+        try:
+            meta = json.loads(sample["json"])
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+            return meta
+        except (ValueError, UnicodeDecodeError) as e:
+            self.health.add("bad_meta")
+            log.warning("metadata of %s (%s) ignored: %s", sample.get("__key__"), sample.get("__url__"), e)
+            return {}
 
     def decode(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
         """Decode one raw sample; ``None`` if it is too short. Raises ``VideoDecodeError`` if corrupt."""
         data = sample.get("mp4")
         if data is None:
             raise VideoDecodeError(f"sample {sample.get('__key__')} has no .mp4 member")
-        meta = json.loads(sample["json"]) if "json" in sample else {}
         reader = open_video(data)
         picked = sample_frame_indices(len(reader), self.num_frames, self.frame_stride, rng, self.random_start)
         if picked is None:
             return None
         indices, stride = picked
-        frames = from_uint8_frames(read_frames(reader, indices))
-        video = resize_center_crop(frames, self.resolution).contiguous()
-        caption = sample.get("txt", b"")
-        caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
-        fps = float(meta.get("fps") or reader.get_avg_fps())
+        frames = reader.get(indices)
+        if reader.decoder != "decord":
+            self.health.add("decoded_by_pyav")
+        video = video_from_uint8(frames, self.resolution)
+        meta = self._meta(sample)
+        try:
+            fps = float(meta.get("fps") or reader.fps)
+        except (TypeError, ValueError):
+            fps = reader.fps
         return {
             "video": video,
-            "caption": caption.strip(),
+            "caption": self._caption(sample),
             "fps": fps,
             "frame_stride": stride,
             "key": sample["__key__"],
@@ -133,7 +200,8 @@ class VideoShardDataset(IterableDataset):
         rank, world, worker, num_workers = pytorch_worker_info()
         stream = f"{self.seed}-{self.epoch}-{rank}-{worker}"
         skip = self.resume_positions.get(worker, 0)
-        corrupt = short = consecutive = 0
+        self.health = DataHealth()  # counts of this epoch's stream in this worker
+        consecutive = 0
         for raw_index, sample in enumerate(self.raw_samples()):
             if self.split_samples_by_rank and raw_index % world != rank:
                 continue
@@ -143,24 +211,28 @@ class VideoShardDataset(IterableDataset):
             try:
                 out = self.decode(sample, rng)
             except VideoDecodeError as e:
-                corrupt += 1
-                consecutive += 1
-                log.warning("skipping unreadable video %s: %s", sample.get("__key__"), e)
+                self.health.add("corrupt")
+                log.warning(
+                    "skipping unreadable video %s (%s): %s", sample.get("__key__"), sample.get("__url__"), e
+                )
                 out = None
             else:
                 if out is None:
-                    short += 1
-                    consecutive += 1
-                    log.warning("skipping too-short video %s", sample.get("__key__"))
+                    self.health.add("short")
+                    log.warning(
+                        "skipping too-short video %s (%s)", sample.get("__key__"), sample.get("__url__")
+                    )
             if out is None:
+                consecutive += 1
                 if consecutive >= self.max_consecutive_failures:
                     raise RuntimeError(
-                        f"{consecutive} videos in a row could not be used (last: {sample.get('__key__')}); "
-                        f"check the shards ({self.urls[0]} ...) and data.num_frames / data.frame_stride"
+                        f"{consecutive} videos in a row could not be used (last: {sample.get('__key__')} in "
+                        f"{sample.get('__url__')}; {self.health}); check {self.shards_key} "
+                        f"({self.urls[0]} ...) and data.num_frames / data.frame_stride"
                     )
                 continue
             consecutive = 0
-            out.update(worker=worker, raw_index=raw_index, skipped_corrupt=corrupt, skipped_short=short)
+            out.update(worker=worker, raw_index=raw_index, health=self.health.snapshot())
             yield out
 
 
@@ -173,8 +245,8 @@ class VideoDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train_shards: str,
-        val_shards: str | None = None,
+        train_shards: str | Sequence[str],
+        val_shards: str | Sequence[str] | None = None,
         batch_size: int = 1,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -187,9 +259,13 @@ class VideoDataModule(pl.LightningDataModule):
         val_num_samples: int = 8,
         seed: int = 0,
         pin_memory: bool = True,
+        timeout_s: float = 600.0,
+        max_consecutive_failures: int = 200,
         toy: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.timeout_s = float(timeout_s)
+        self.max_consecutive_failures = int(max_consecutive_failures)
         self.toy = dict(toy) if toy else None
         self.train_shards, self.val_shards = train_shards, val_shards
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
@@ -201,14 +277,21 @@ class VideoDataModule(pl.LightningDataModule):
         self.seed, self.pin_memory = seed, pin_memory
         self.positions: dict[int, int] = {}  # worker id -> raw samples consumed in ``positions_epoch``
         self.positions_epoch = 0
-        self.skipped = {"corrupt": 0, "short": 0}
+        # data-health counts: totals of finished epochs (and of the run before a resume) + the
+        # latest running counts of each worker in the current epoch
+        self.health_base = DataHealth()
+        self.health_workers: dict[int, dict[str, int]] = {}
         self.train_dataset: VideoShardDataset | None = None
 
     def prepare_data(self) -> None:
         """With ``toy`` set (the ``data=toy`` config), build the synthetic shards if they are missing."""
         from pathlib import Path
 
-        if not self.toy or any(Path(self.train_shards).glob("*.tar")):
+        if (
+            not self.toy
+            or not isinstance(self.train_shards, str)
+            or any(Path(self.train_shards).glob("*.tar"))
+        ):
             return
         from i2vlab.data.toy import write_toy_shards
 
@@ -226,6 +309,8 @@ class VideoDataModule(pl.LightningDataModule):
             resampled=True,
             random_start=True,
             seed=self.seed,
+            max_consecutive_failures=self.max_consecutive_failures,
+            shards_key="data.train_shards",
         )
         if self.val_shards:
             stride = self.val_frame_stride
@@ -242,7 +327,9 @@ class VideoDataModule(pl.LightningDataModule):
                 resampled=False,
                 random_start=False,
                 seed=self.seed,
+                max_consecutive_failures=self.max_consecutive_failures,
                 split_samples_by_rank=True,
+                shards_key="data.val_shards",
             )
 
     def _loader(
@@ -256,6 +343,9 @@ class VideoDataModule(pl.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=2 if workers > 0 else None,
             drop_last=False,
+            # a worker that produces nothing for this long fails the run instead of hanging it
+            timeout=self.timeout_s if workers > 0 else 0,
+            worker_init_fn=_worker_init,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -277,8 +367,7 @@ class VideoDataModule(pl.LightningDataModule):
         """Called as each training epoch's iterator is created: set the epoch's seed and, when resuming
         inside that epoch, the per-worker positions to fast-forward past."""
         assert self.train_dataset is not None
-        if epoch != self.positions_epoch:
-            self.positions, self.positions_epoch = {}, epoch
+        self._start_epoch(epoch)
         self.train_dataset.set_epoch(epoch)
         self.train_dataset.resume_positions = dict(self.positions)
 
@@ -294,19 +383,37 @@ class VideoDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and isinstance(batch, dict) and "raw_index" in batch:
-            if trainer.current_epoch != self.positions_epoch:
-                self.positions, self.positions_epoch = {}, int(trainer.current_epoch)
-            for w, i in zip(batch["worker"].tolist(), batch["raw_index"].tolist()):
+            self._start_epoch(int(trainer.current_epoch))
+            workers = batch["worker"].tolist()
+            for w, i in zip(workers, batch["raw_index"].tolist()):
                 self.positions[w] = max(self.positions.get(w, 0), i + 1)
-            self.skipped["corrupt"] = max(self.skipped["corrupt"], int(batch["skipped_corrupt"].max()))
-            self.skipped["short"] = max(self.skipped["short"], int(batch["skipped_short"].max()))
+            health = batch.get("health") or {}
+            for j, w in enumerate(workers):  # running counts only grow within a worker's epoch
+                seen = self.health_workers.setdefault(w, {})
+                for k, v in health.items():
+                    seen[k] = max(seen.get(k, 0), int(v[j]))
         return batch
+
+    def _start_epoch(self, epoch: int) -> None:
+        """A new epoch: fold the workers' counts into the totals and forget the positions."""
+        if epoch != self.positions_epoch:
+            self.health_base = self.health_totals()
+            self.health_workers = {}
+            self.positions, self.positions_epoch = {}, epoch
+
+    def health_totals(self) -> DataHealth:
+        """What this rank's training stream skipped, repaired or could not read so far (all epochs,
+        all workers, including the run before a resume)."""
+        total = self.health_base
+        for counts in self.health_workers.values():
+            total = total + counts
+        return total
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "positions": dict(self.positions),
             "epoch": self.positions_epoch,
-            "skipped": dict(self.skipped),
+            "health": self.health_totals().snapshot(),
             "seed": self.seed,
             "num_workers": self.num_workers,
         }
@@ -319,10 +426,17 @@ class VideoDataModule(pl.LightningDataModule):
             log.warning(
                 "data.num_workers or data.seed changed since the checkpoint: the data stream restarts"
             )
+            self.health_base = DataHealth(state.get("health"))
             return
         self.positions = {int(k): int(v) for k, v in state.get("positions", {}).items()}
         self.positions_epoch = int(state.get("epoch", 0))
-        self.skipped = dict(state.get("skipped", self.skipped))
+        # the resumed workers fast-forward without decoding, so they count only what follows
+        self.health_base, self.health_workers = DataHealth(state.get("health")), {}
+
+
+def _worker_init(worker_id: int) -> None:
+    """One intra-op thread per data-loader worker: decoding runs in parallel across workers."""
+    torch.set_num_threads(1)
 
 
 class _EpochDataLoader(DataLoader):

@@ -5,20 +5,34 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+
+def _resized_size(h: int, w: int, size: Sequence[int]) -> tuple[int, int]:
+    th, tw = int(size[0]), int(size[1])
+    scale = max(th / h, tw / w)
+    return max(th, round(h * scale)), max(tw, round(w * scale))
 
 
 def resize_center_crop(frames: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize the short side so that ``(h, w) = size`` fits, then centre-crop. ``frames``: (f c h w) float."""
-    th, tw = int(size[0]), int(size[1])
-    h, w = frames.shape[-2:]
-    scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-    if (nh, nw) != (h, w):
-        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    return frames[..., top : top + th, left : left + tw]
+    """Resize (bilinear, antialiased) so that ``(h, w) = size`` fits inside, then centre-crop
+    (torchvision). ``frames``: (f c h w), float or uint8; the dtype is kept."""
+    nh, nw = _resized_size(*frames.shape[-2:], size)
+    if (nh, nw) != tuple(frames.shape[-2:]):
+        frames = TF.resize(frames, [nh, nw], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(frames, [int(size[0]), int(size[1])])
+
+
+def video_from_uint8(frames: np.ndarray | torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+    """Decoded frames (``f h w c`` uint8) -> ``f c h w`` float in [-1, 1], resized and centre-cropped
+    to ``size`` (h, w) *in uint8* first: converting at full size costs more than decoding."""
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    x = x.permute(0, 3, 1, 2)
+    if size is not None:
+        x = resize_center_crop(x, size)
+    return x.float().div_(127.5).sub_(1.0).contiguous()
 
 
 def sample_frame_indices(

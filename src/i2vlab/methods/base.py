@@ -320,10 +320,25 @@ class VideoDiffusionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for k, v in logs.items():
             self.log(f"train/{k}", v, batch_size=b)
-        for k in ("skipped_corrupt", "skipped_short"):
-            if k in batch:
-                self.log(f"data/{k}", float(batch[k].max()), batch_size=b, reduce_fx="max")
+        self._log_data_health()
         return loss
+
+    def _log_data_health(self) -> None:
+        """``data/<kind>``: what the training stream skipped or repaired so far, summed over workers,
+        epochs (and the run before a resume) and ranks; one reduction per logging interval."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is None or not hasattr(dm, "health_totals"):
+            return
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
+        if self.global_step % every:
+            return
+        counts = dm.health_totals().snapshot()
+        t = torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device)
+        if trainer.world_size > 1:
+            t = trainer.strategy.reduce(t, reduce_op="sum")
+        for k, v in zip(counts, t.tolist()):
+            self.log(f"data/{k}", v, rank_zero_only=True)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # EMA right after each real optimizer step: before the checkpoint callbacks of the same step run

@@ -1,6 +1,7 @@
 """Reading and writing videos.
 
-Decoding uses decord (only the requested frames are decoded); encoding uses PyAV (H.264 when
+Decoding uses decord (only the requested frames are decoded), with PyAV as the fallback for
+files decord rejects; encoding uses PyAV (H.264 when
 the linked FFmpeg has libx264, else MPEG-4 Part 2). Tensors follow the layouts named below:
 
 - ``f c h w`` float in [-1, 1]  ("model" layout, one video)
@@ -96,32 +97,100 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
 
 
 class VideoDecodeError(RuntimeError):
-    """A video could not be opened or decoded (corrupt, truncated or empty)."""
+    """A video could not be opened or decoded (corrupt, truncated or empty) by any decoder."""
 
 
-def open_video(source: str | os.PathLike | bytes, width: int = -1, height: int = -1):
-    """Open a decord ``VideoReader`` on a path or on in-memory bytes. Create it inside the worker
-    process that uses it (decord readers must not cross a fork)."""
-    import decord
-
-    try:
-        src = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-        reader = decord.VideoReader(src, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
-        if len(reader) == 0:
-            raise VideoDecodeError("video has no frames")
-        return reader
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # decord raises DECORDError / RuntimeError on bad input
-        raise VideoDecodeError(f"cannot open video: {e}") from e
+#: decoders tried in order by :func:`open_video` (decord first; PyAV when decord rejects a file)
+DECODERS = ("decord", "pyav")
 
 
-def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
+class VideoReader:
+    """One open video: ``len(reader)``, ``reader.fps``, ``reader.get(indices)`` -> ``f h w c`` uint8.
+
+    ``decoder`` names what served it (``decord`` or ``pyav``). decord decodes only the requested
+    frames; PyAV (the fallback for files decord rejects, e.g. some frame sizes) decodes up to the
+    last requested frame."""
+
+    def __init__(self, source: str | os.PathLike | bytes, decoders: Sequence[str] = DECODERS) -> None:
+        self.source = source
+        self.decoder = ""
+        self._reader = None
+        self._frames: list[np.ndarray] | None = None
+        errors = []
+        for name in decoders:
+            try:
+                self._open(name)
+                self.decoder = name
+                break
+            except Exception as e:  # every decoder raises its own types on bad input
+                errors.append(f"{name}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+        if not self.decoder:
+            raise VideoDecodeError("cannot open video (" + "; ".join(errors) + ")")
+
+    def _open(self, name: str) -> None:
+        src = self.source
+        if name == "decord":
+            import decord
+
+            f = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else os.fspath(src)
+            reader = decord.VideoReader(f, ctx=decord.cpu(0), num_threads=1)
+            if len(reader) == 0:
+                raise VideoDecodeError("video has no frames")
+            self._reader, self._len, self._fps = reader, len(reader), float(reader.get_avg_fps())
+        elif name == "pyav":
+            import av
+
+            f = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else os.fspath(src)
+            with av.open(f) as container:
+                stream = container.streams.video[0]
+                fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
+                frames = [fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)]
+            if not frames:
+                raise VideoDecodeError("video has no frames")
+            self._frames, self._len, self._fps = frames, len(frames), fps
+        else:
+            raise ValueError(f"unknown decoder {name!r}; choose from {DECODERS}")
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def get_avg_fps(self) -> float:  # decord's name, kept for callers written against decord
+        return self._fps
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if not 0 <= i < self._len]
+        if bad:
+            raise VideoDecodeError(f"frame indices {bad[:4]} out of range for a {self._len}-frame video")
+        try:
+            if self._frames is not None:
+                return np.stack([self._frames[i] for i in idx])
+            return self._reader.get_batch(idx).asnumpy()
+        except Exception as e:
+            # decord opens some files it cannot convert (certain frame sizes) or decode: retry with PyAV
+            if self.decoder == "decord" and "pyav" in DECODERS:
+                try:
+                    self._open("pyav")
+                    self.decoder = "pyav"
+                    return np.stack([self._frames[i] for i in idx])
+                except Exception:  # noqa: BLE001 - report the first decoder's error below
+                    pass
+            raise VideoDecodeError(f"cannot decode frames {idx[:4]}...: {e}") from e
+
+
+def open_video(source: str | os.PathLike | bytes) -> VideoReader:
+    """Open a video from a path or in-memory bytes (decord, falling back to PyAV). Create it inside
+    the worker process that uses it (decord readers must not cross a fork)."""
+    return VideoReader(source)
+
+
+def read_frames(reader: VideoReader, indices: Sequence[int]) -> np.ndarray:
     """Decode only ``indices`` from an open reader -> ``f h w c`` uint8."""
-    try:
-        return reader.get_batch(list(indices)).asnumpy()
-    except Exception as e:
-        raise VideoDecodeError(f"cannot decode frames {list(indices)[:4]}...: {e}") from e
+    return reader.get(indices)
 
 
 def read_video(
@@ -139,7 +208,7 @@ def read_video(
             return _read_gif(p, indices)
     reader = open_video(path)
     idx = list(range(len(reader))) if indices is None else list(indices)
-    return read_frames(reader, idx), float(reader.get_avg_fps())
+    return reader.get(idx), reader.fps
 
 
 def _read_frame_folder(folder: Path, indices: Sequence[int] | None) -> np.ndarray:
