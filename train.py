@@ -10,11 +10,15 @@ python train.py ... hydra.run.dir=<run dir> ckpt_path=last   # resume a run
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from i2vlab.utils.runtime import configure_threads
 
-import i2vlab.utils.config  # noqa: F401  (registers OmegaConf resolvers)
-from i2vlab.training import train
+configure_threads()  # before torch is imported (OMP_NUM_THREADS to override)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import i2vlab.utils.config  # noqa: E402,F401  (registers OmegaConf resolvers)
+from i2vlab.training import train  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -28,8 +28,7 @@ def compose_train_config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):  # no hydra runtime here: give the run paths concrete values
-        cfg.paths.root_dir = str(Path.cwd())
-        cfg.paths.output_dir = str(Path.cwd() / "outputs" / "param_report")
+        cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "param_report")
     return cfg
 
 

@@ -18,11 +18,15 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-import yaml
+from i2vlab.utils.runtime import configure_threads
 
-from i2vlab.sampling import load_method
-from i2vlab.utils.video_io import load_image, write_video
+configure_threads()  # before torch is imported
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from i2vlab.sampling import find_run_config, load_method  # noqa: E402
+from i2vlab.utils.video_io import load_image, write_video  # noqa: E402
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -33,6 +37,55 @@ def parse_sets(pairs: list[str]) -> dict:
         k, v = p.split("=", 1)
         out[k] = yaml.safe_load(v)
     return out
+
+
+#: conditioning images per video, by method class (and DynamiCrafter's interpolation switch)
+KEYFRAMES = {"AnimateDiffT2V": 0, "I2VAdapter": 1, "DynamiCrafter": 1, "GenerativeInbetweening": 2}
+
+
+def required_images(cfg) -> tuple[int, str]:
+    """(images per video, method description) from a run config, without building the model."""
+    from omegaconf import OmegaConf
+
+    target = str(OmegaConf.select(cfg, "method._target_", default="")).rsplit(".", 1)[-1]
+    n = KEYFRAMES.get(target, -1)
+    if target == "DynamiCrafter" and OmegaConf.select(cfg, "method.interp_mode", default=False):
+        return 2, "DynamiCrafter interpolation"
+    return n, target or "unknown method"
+
+
+def check_images(paths: list[str], prompts: list[str], cfg, sets: dict) -> None:
+    """Fail before loading any model, in command-line terms, when the images do not fit the run."""
+    from PIL import Image, UnidentifiedImageError
+
+    for p in paths:
+        f = Path(p)
+        if not f.is_file():
+            raise SystemExit(f"--image {p}: no such file")
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError) as e:
+            raise SystemExit(f"--image {p}: not a readable image ({e})") from None
+    n, what = required_images(cfg)
+    k = len(prompts)
+    if n == 0 and paths:
+        raise SystemExit(f"this run ({what}) is text-to-video: drop --image")
+    if n == 1 and len(paths) != k:
+        raise SystemExit(
+            f"this run ({what}) needs one --image per --prompt: got {len(paths)} image(s) for {k} prompt(s), "
+            "e.g. --image first.png --prompt '...'"
+        )
+    if n == 2:
+        loop = bool(sets.get("loop", False))
+        if loop and len(paths) == k:
+            return
+        if k != 1 or len(paths) != 2:
+            hint = " (or one image with --set loop=true)" if what.startswith("DynamiCrafter") else ""
+            raise SystemExit(
+                f"this run ({what}) needs two keyframes for one prompt: --image start.png --image end.png{hint}; "
+                f"got {len(paths)} image(s) for {k} prompt(s)"
+            )
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -53,11 +106,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("--override", nargs="*", default=[], help="run config overrides, key=value")
     a = ap.parse_args(argv)
 
+    prompts = a.prompt or [""]
+    kwargs = parse_sets(a.set)
+    run = Path(a.run)
+    if not run.exists():
+        raise SystemExit(f"--run {a.run}: no such run directory or file")
+    check_images(a.image, prompts, find_run_config(run), kwargs)
     module = load_method(a.run, overrides=a.override, use_ema=a.ema, device=a.device)
     size = tuple(module.run_config.backbone.get("resolution", (256, 256)))
     images = torch.stack([load_image(p, size) for p in a.image]).to(a.device) if a.image else None
-    prompts = a.prompt or [""]
-    kwargs = parse_sets(a.set)
     if images is not None and images.shape[0] == 2 * len(prompts) == 2:
         kwargs.setdefault("last_images", images[1:])
         images = images[:1]

@@ -1,16 +1,20 @@
-"""Lightning callbacks: throughput and memory logging, atomic checkpoint I/O."""
+"""Lightning callbacks: throughput and memory logging, checkpoint-and-stop on preemption signals.
+
+(Checkpoint files and their integrity: :mod:`i2vlab.checkpoints`.)"""
 
 from __future__ import annotations
 
-import os
+import logging
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
 
 
 class SpeedMonitor(pl.Callback):
@@ -49,18 +53,54 @@ def peak_memory_gb(device: torch.device | None = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder, fsyncs it and renames it into
-    place: a run killed while saving never leaves a truncated ``last.ckpt``."""
+class PreemptionCheckpoint(pl.Callback):
+    """SIGTERM / SIGUSR1 (SLURM preemption, ``scancel --signal``, a scheduler's notice): finish the
+    current batch, write ``checkpoints/last.ckpt`` (and the step file), and stop cleanly; the run
+    resumes with ``ckpt_path=last``. Lightning's own SIGTERM handling (which stops without a
+    checkpoint) keeps running beside this."""
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
-    ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.saved_path: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        prev = self._previous.get(signum)
+        if callable(prev):
+            prev(signum, frame)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.received is None or self.saved_path is not None:
+            return
+        ckpt = next((c for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)), None)
+        folder = Path(ckpt.dirpath) if ckpt is not None else Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        trainer.save_checkpoint(str(path))
+        self.saved_path = str(path)
+        trainer.should_stop = True
+        name = signal.Signals(self.received).name
+        log.warning(
+            "%s received: checkpoint of step %d written to %s; resume with ckpt_path=last",
+            name,
+            trainer.global_step,
+            path,
+        )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous = {}

@@ -65,7 +65,6 @@ def load_method(
     if "paths" in cfg:  # the saved config refers to hydra's runtime, absent here
         run_dir = str(path if path.is_dir() else path.parent.parent)
         cfg.paths.output_dir = run_dir
-        cfg.paths.root_dir = str(Path.cwd())
     torch.manual_seed(int(cfg.get("seed", 0)))  # random-init frozen parts are rebuilt as in training
     module = instantiate_model(cfg)
     frozen_in_ckpt = bool(OmegaConf.select(cfg, "method.checkpoint_frozen", default=False))
@@ -73,7 +72,9 @@ def load_method(
     if weights.suffix == ".safetensors":
         module.load_trainable(weights)
     else:
-        ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
+        from i2vlab.utils.safe_load import load_torch_file
+
+        ckpt = load_torch_file(weights, what="checkpoint")
         module.load_state_dict(
             ckpt["state_dict"], strict=bool(ckpt.get("i2vlab", {}).get("checkpoint_frozen", False))
         )

@@ -66,6 +66,10 @@ class VideoDiffusionModule(pl.LightningModule):
         validation: ``{num_timesteps, num_samples, sample_steps, sample_dir, guidance_scale}``.
         sampling: default keyword arguments for :meth:`sample`.
         seed: base of the per-step seeds.
+        nonfinite_loss: a NaN/inf training loss is logged with the step and the batch's keys, then
+            ``skip`` (no optimizer step; single process only, DDP stops), ``stop`` (raise) or ``off``
+            (no check: saves one host sync per step).
+        max_nonfinite_steps: stop after this many non-finite losses in a row even when skipping.
     """
 
     #: modules that are never trained and can be cast to ``frozen_dtype``
@@ -89,8 +93,15 @@ class VideoDiffusionModule(pl.LightningModule):
         validation: Mapping[str, Any] | None = None,
         sampling: Mapping[str, Any] | None = None,
         seed: int = 0,
+        nonfinite_loss: str = "skip",
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("skip", "stop", "off"):
+            raise ValueError(f"method.nonfinite_loss must be skip, stop or off, got {nonfinite_loss!r}")
+        self.nonfinite_loss = nonfinite_loss
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self._nonfinite_in_a_row = 0
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
         self.trainable_patterns = list(_plain(trainable) or [])
@@ -155,7 +166,8 @@ class VideoDiffusionModule(pl.LightningModule):
         for name in self.frozen_modules:
             m = getattr(self, name, None)
             if isinstance(m, nn.Module) and not any(p.requires_grad for p in m.parameters()):
-                m.to(self.frozen_dtype)
+                if any(p.dtype != self.frozen_dtype for p in m.parameters()):
+                    m.to(self.frozen_dtype)
         if self.ema_cfg and self.ema is None:
             from diffusers.training_utils import EMAModel
 
@@ -313,15 +325,44 @@ class VideoDiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------
     # Lightning loop
     # ------------------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss, logs = self.compute_loss(batch, self.step_generator())
         loss = loss.mean()
         b = batch["video"].shape[0]
+        if self.nonfinite_loss != "off" and not bool(torch.isfinite(loss)):
+            return self._nonfinite_step(loss, batch)
+        self._nonfinite_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for k, v in logs.items():
             self.log(f"train/{k}", v, batch_size=b)
         self._log_data_health()
         return loss
+
+    def _nonfinite_step(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        self._nonfinite_in_a_row += 1
+        keys = list(batch.get("key", []))[:8]
+        msg = (
+            f"non-finite training loss ({float(loss.detach())}) at step {self.global_step}, batch keys {keys}"
+        )
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        if (
+            self.nonfinite_loss == "stop"
+            or distributed
+            or self._nonfinite_in_a_row > self.max_nonfinite_steps
+        ):
+            why = (
+                "method.nonfinite_loss=stop"
+                if self.nonfinite_loss == "stop"
+                else "skipping is single-process only"
+                if distributed
+                else f"{self._nonfinite_in_a_row} in a row > method.max_nonfinite_steps"
+            )
+            raise FloatingPointError(
+                f"{msg} ({why}). Lower optimizer.lr, keep trainer.gradient_clip_val, check these videos, "
+                "or try trainer.precision=32-true / bf16-mixed instead of 16-mixed."
+            )
+        log.warning("%s: step skipped (no optimizer step)", msg)
+        return None
 
     def _log_data_health(self) -> None:
         """``data/<kind>``: what the training stream skipped or repaired so far, summed over workers,
@@ -564,16 +605,16 @@ def _log_videos(logger: Any, paths: list[Path], videos: torch.Tensor, captions: 
         log.warning("could not log validation videos to %s: %s", name, e)
 
 
-def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights_file(path: str | Path, what: str = "init_from") -> dict[str, torch.Tensor]:
+    """An export (``.safetensors``) or a training checkpoint (``.ckpt``, loaded with the safe loader:
+    no code in it can run) -> flat tensors."""
+    from i2vlab.utils.safe_load import load_weights
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"init_from: {path} does not exist (an export .safetensors or a .ckpt)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    return ckpt.get("state_dict", ckpt)
+        raise FileNotFoundError(f"{what}: {path} does not exist (an export .safetensors or a .ckpt)")
+    ckpt = load_weights(path, what=what)
+    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
 
 
 def load_matching(module: nn.Module, path: str | Path | Mapping[str, torch.Tensor]) -> list[str]:

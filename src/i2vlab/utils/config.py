@@ -14,9 +14,20 @@ def run_id(path: str) -> str:
     return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
 
 
+def project_root() -> str:
+    """The checkout this package runs from (the folder holding ``conf/``), so that default data and
+    output paths do not depend on the working directory; the working directory for an installed
+    (non-editable) package."""
+    root = Path(__file__).resolve().parents[3]
+    return str(root) if (root / "conf").is_dir() else str(Path.cwd())
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id)
+    if not OmegaConf.has_resolver("i2vlab_root"):
+        # usable before Hydra's runtime exists (e.g. while Hydra resolves hydra.sweep.dir)
+        OmegaConf.register_new_resolver("i2vlab_root", project_root)
 
 
 def git_revision(root: str | Path | None = None) -> str:
