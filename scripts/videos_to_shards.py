@@ -12,7 +12,8 @@ are kept in the json). Videos are looked up as ``<videos>/<page_dir>/<videoid>.m
 Rows are cut into fixed chunks (``--videos-per-shard``, or estimated from ``--target-size-mb`` and
 the mean size of a sample of the files), one shard per chunk, written in parallel and renamed
 into place when complete, so an interrupted conversion resumes where it stopped (finished shards
-are skipped). Missing and unreadable videos are listed in ``<out>/_reports/`` and summed at the end.
+are skipped). Missing and unreadable videos, and ids that would point outside ``--videos``
+(``../x``, absolute paths), are listed in ``<out>/_reports/`` and summed at the end.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ import webdataset as wds
 from tqdm import tqdm
 
 from i2vlab.data.shards import make_sample
+from i2vlab.utils.safe_load import UnsafePathError, safe_child
 from i2vlab.utils.video_io import VideoDecodeError, open_video
 
 
 def find_video(root: Path, row: dict) -> Path | None:
+    """The row's video under ``root``; ``UnsafePathError`` for ids that would read outside it."""
     vid = str(row["videoid"]).strip()
-    for cand in (root / str(row.get("page_dir", "")).strip() / f"{vid}.mp4", root / f"{vid}.mp4"):
+    page = str(row.get("page_dir", "") or "").strip()
+    names = ([f"{page}/{vid}"] if page else []) + [vid]
+    for name in names:
+        cand = safe_child(root, name, ".mp4", what="videoid/page_dir")
         if cand.is_file():
             return cand
     return None
@@ -50,12 +56,16 @@ def probe(data: bytes) -> dict:
 def write_shard(index: int, rows: list[dict], videos: str, out: str) -> dict:
     out_dir = Path(out)
     final = out_dir / f"shard-{index:06d}.tar"
-    report = {"shard": final.name, "written": 0, "missing": [], "unreadable": []}
+    report = {"shard": final.name, "written": 0, "missing": [], "unreadable": [], "unsafe": []}
     tmp = out_dir / f".shard-{index:06d}.tar.tmp"
     with wds.TarWriter(str(tmp)) as sink:
         for row in rows:
             vid = str(row["videoid"]).strip().replace(".", "_")
-            path = find_video(Path(videos), row)
+            try:
+                path = find_video(Path(videos), row)
+            except UnsafePathError as e:
+                report["unsafe"].append(str(e))
+                continue
             if path is None:
                 report["missing"].append(vid)
                 continue
@@ -74,11 +84,18 @@ def write_shard(index: int, rows: list[dict], videos: str, out: str) -> dict:
     return report
 
 
+def _find_quiet(root: Path, row: dict) -> Path | None:
+    try:
+        return find_video(root, row)
+    except UnsafePathError:
+        return None
+
+
 def videos_per_shard(rows: list[dict], videos: Path, target_mb: float, sample: int = 64) -> int:
     sizes = [
         p.stat().st_size
         for r in random.Random(0).sample(rows, min(sample, len(rows)))
-        if (p := find_video(videos, r)) is not None
+        if (p := _find_quiet(videos, r)) is not None
     ]
     mean = sum(sizes) / len(sizes) if sizes else 2**20
     return max(1, int(target_mb * 2**20 / mean))
@@ -110,15 +127,17 @@ def main(argv: list[str] | None = None) -> dict:
         futures = [pool.submit(write_shard, i, chunks[i], a.videos, str(out)) for i in todo]
         for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
             fut.result()
-    totals = {"shards": len(chunks), "written": 0, "missing": 0, "unreadable": 0}
+    totals = {"shards": len(chunks), "written": 0, "missing": 0, "unreadable": 0, "unsafe": 0}
     for rep in sorted((out / "_reports").glob("shard-*.json")):
         r = json.loads(rep.read_text())
         totals["written"] += r["written"]
         totals["missing"] += len(r["missing"])
         totals["unreadable"] += len(r["unreadable"])
+        totals["unsafe"] += len(r.get("unsafe", []))
     (out / "_reports" / "summary.json").write_text(json.dumps(totals, indent=1))
     print(
-        f"written {totals['written']} videos; missing {totals['missing']}, unreadable {totals['unreadable']} "
+        f"written {totals['written']} videos; missing {totals['missing']}, unreadable {totals['unreadable']}, "
+        f"refused (ids pointing outside --videos) {totals['unsafe']} "
         f"(lists in {out / '_reports'})"
     )
     return totals

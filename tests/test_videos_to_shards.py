@@ -100,3 +100,36 @@ def test_shards_feed_the_datamodule(tmp_path):
     got = list(ds)
     assert [s["caption"] for s in got] == ["clip number 0", "clip number 1", "clip number 2"]
     assert got[0]["video"].shape == (4, 3, 32, 32)
+
+
+def test_video_ids_that_point_outside_the_videos_folder_are_refused(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "1.mp4", make_toy_video(1, num_frames=6, height=32, width=32).frames)
+    secret = make_toy_video(2, num_frames=6, height=32, width=32).frames
+    write_video(tmp_path / "outside.mp4", secret)  # must never be read into a shard
+    rows = [
+        {"videoid": "1", "name": "fine", "page_dir": ""},
+        {"videoid": "../outside", "name": "escape", "page_dir": ""},
+        {"videoid": "outside", "name": "escape by page_dir", "page_dir": ".."},
+        {"videoid": str(tmp_path / "outside"), "name": "absolute", "page_dir": ""},
+    ]
+    with open(tmp_path / "w.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    totals = videos_to_shards.main(
+        [
+            "--csv",
+            str(tmp_path / "w.csv"),
+            "--videos",
+            str(videos),
+            "--out",
+            str(tmp_path / "s"),
+            "--workers",
+            "1",
+        ]
+    )
+    assert totals["written"] == 1 and totals["unsafe"] == 3
+    names = tarfile.open(tmp_path / "s" / "shard-000000.tar").getnames()
+    assert sorted(names) == ["1.json", "1.mp4", "1.txt"]
