@@ -40,9 +40,22 @@ SVD_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
+def work_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype EDM arithmetic runs in: float32, or float64 when any input is float64 (half
+    precision inputs are computed in float32)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def as_sigma(sigma: torch.Tensor | float, device: torch.device | str | None = None) -> torch.Tensor:
+    """σ as a float32 tensor, or float64 if given in float64 (a Python float becomes float32, as a
+    scheduler's σ table is float32)."""
+    s = torch.as_tensor(sigma, device=device)
+    return s.to(work_dtype(s.dtype))
+
+
 def _bcast(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     """σ as a tensor broadcastable against ``like`` (per-sample σ of shape (b,) -> (b, 1, ...))."""
-    s = torch.as_tensor(sigma, device=like.device, dtype=torch.float32)
+    s = as_sigma(sigma, like.device)
     if s.ndim == 0:
         return s
     return s.reshape(s.shape[0], *([1] * (like.ndim - 1)))
@@ -53,27 +66,33 @@ def c_skip(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def c_out(sigma: torch.Tensor) -> torch.Tensor:
-    return -sigma / (sigma**2 + 1.0).sqrt()
+    return -sigma / (sigma**2 + 1.0) ** 0.5
 
 
 def c_in(sigma: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (sigma**2 + 1.0).sqrt()
+    return 1.0 / (sigma**2 + 1.0) ** 0.5
 
 
 def c_noise(sigma: torch.Tensor) -> torch.Tensor:
-    """The UNet's timestep input for noise level σ (SVD: ``0.25·ln σ``)."""
-    return 0.25 * torch.as_tensor(sigma, dtype=torch.float32).log()
+    """The UNet's timestep input for noise level σ (SVD: ``0.25·ln σ``; the UNet's sinusoidal
+    embedding then runs in float32 whatever dtype is passed)."""
+    return 0.25 * as_sigma(sigma).log()
 
 
 def scale_input(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """``c_in(σ)·x`` (``EulerDiscreteScheduler.scale_model_input``)."""
-    return x * c_in(_bcast(sigma, x)).to(x.dtype)
+    """``c_in(σ)·x``, written ``x / (σ² + 1)^0.5`` as ``EulerDiscreteScheduler.scale_model_input`` and
+    the official training script compute it."""
+    s = _bcast(sigma, x)
+    return (x.to(work_dtype(x.dtype, s.dtype)) / (s**2 + 1.0) ** 0.5).to(x.dtype)
 
 
 def denoised(model_output: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """``D = c_skip·x + c_out·F`` for a v-prediction network output ``F``."""
+    """``D = c_skip·x + c_out·F`` for a v-prediction network output ``F``, written
+    ``F·c_out + x / (σ² + 1)`` as ``EulerDiscreteScheduler.step`` computes it; in float32 (float64 if
+    any input is float64), with the σ factors in σ's own dtype (a scheduler's σ table is float32)."""
     s = _bcast(sigma, noisy)
-    return c_skip(s) * noisy.float() + c_out(s) * model_output.float()
+    dt = work_dtype(noisy.dtype, model_output.dtype, s.dtype)
+    return model_output.to(dt) * c_out(s) + noisy.to(dt) / (s**2 + 1.0)
 
 
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
@@ -144,10 +163,19 @@ def init_noise_sigma(sigmas: torch.Tensor) -> float:
     return float((sigmas.max() ** 2 + 1) ** 0.5)
 
 
-def euler_step(x: torch.Tensor, denoised_x: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """One Euler step of the probability-flow ODE from σ to σ_next: ``x + (σ_next - σ)·(x - D)/σ``."""
-    d = (x.float() - denoised_x.float()) / sigma
-    return (x.float() + d * (sigma_next - sigma)).to(x.dtype)
+def euler_step(
+    x: torch.Tensor, denoised_x: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float
+) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE from σ to σ_next: ``x + (σ_next - σ)·(x - D)/σ``.
+
+    The same operations as ``EulerDiscreteScheduler.step`` (``s_churn = 0``): σ and σ_next as tensors
+    of σ's dtype (float32 for a Python float or a scheduler's σ table, so ``σ_next - σ`` is rounded
+    as the scheduler rounds it), the sample in float32, or float64 for float64 inputs (the scheduler
+    always casts the sample to float32)."""
+    dt = work_dtype(x.dtype, denoised_x.dtype)
+    s, s_next = as_sigma(sigma, x.device), as_sigma(sigma_next, x.device)
+    d = (x.to(dt) - denoised_x.to(dt)) / s
+    return (x.to(dt) + d * (s_next - s)).to(x.dtype)
 
 
 def euler_with_reinjection(
@@ -158,13 +186,16 @@ def euler_with_reinjection(
     injection_ratio: float = 0.0,
     noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Euler sampling with noise re-injection ("per-step recurrence", Generative Inbetweening §3.3).
 
     ``denoise_fn(x, i)`` returns D(x; σ_i). After the Euler step i -> i+1 of each of the first
     ``int(N·injection_ratio)`` steps, ``injection_steps`` times: add N(0, σ_i² - σ_{i+1}²) (back to
     level σ_i) and redo the step from there. ``noise_sampler(x)`` draws unit Gaussian noise shaped
-    like ``x`` (default: from ``generator``).
+    like ``x`` (default: from ``generator``). ``callback(i, x)`` sees x after step i (re-injections
+    included). σ arithmetic (step sizes, the re-injection standard deviation) is done on the σ table
+    as the official pipeline does it (``torch.sqrt(sigma_t**2 - sigma_tm1**2)`` on the scheduler's σ).
     """
     if noise_sampler is None:
 
@@ -173,12 +204,15 @@ def euler_with_reinjection(
 
     n = len(sigmas) - 1
     threshold = int(n * injection_ratio)
+    sigmas = as_sigma(sigmas.detach().cpu())
     for i in range(n):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        s, s_next = sigmas[i], sigmas[i + 1]
         x = euler_step(x, denoise_fn(x, i), s, s_next)
         if i < threshold and injection_steps > 0:
-            std = math.sqrt(max(s**2 - s_next**2, 0.0))
+            std = (s**2 - s_next**2).clamp_min(0).sqrt().to(x.device)
             for _ in range(injection_steps):
                 x = x + noise_sampler(x) * std
                 x = euler_step(x, denoise_fn(x, i), s, s_next)
+        if callback is not None:
+            callback(i, x)
     return x

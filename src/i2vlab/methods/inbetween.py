@@ -36,7 +36,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from i2vlab.diffusion.edm import denoised, loss_weight, sample_sigmas, stratified_sigmas
+from i2vlab.diffusion.edm import denoised, loss_weight, sample_sigmas, stratified_sigmas, work_dtype
 from i2vlab.methods.base import VideoDiffusionModule
 from i2vlab.models.attention_control import AttentionStore, install_flip_processors, install_store_processors
 from i2vlab.models.svd import added_time_ids, clip_image_embeds, svd_unet_forward
@@ -103,15 +103,14 @@ class GenerativeInbetweening(VideoDiffusionModule):
         self, image: torch.Tensor, noise: torch.Tensor | None = None, noise_aug_strength: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SVD conditioning of frames (b c h w) in [-1, 1]: (CLIP embeds (b, 1, d) of the clean frame,
-        unscaled VAE mode (b, c, h', w') of the frame + ``noise_aug_strength``·``noise``)."""
+        unscaled VAE mode (b, c, h', w') of the frame + ``noise_aug_strength``·``noise``). Computed
+        in float32, or float64 for a float64 ``image``."""
         aug = self.noise_aug_strength if noise_aug_strength is None else float(noise_aug_strength)
+        dt = work_dtype(image.dtype)
+        image = image.to(dt)
         embeds = clip_image_embeds(self.image_encoder, self.image_processor, image)
-        noisy = (
-            image.float() + aug * noise.to(image.device, torch.float32)
-            if noise is not None
-            else image.float()
-        )
-        latents = self.vae.encode(noisy.to(self.vae.dtype)).latent_dist.mode().float()
+        noisy = image + aug * noise.to(image.device, dt) if noise is not None else image
+        latents = self.vae.encode(noisy.to(self.vae.dtype)).latent_dist.mode().to(dt)
         return embeds, latents
 
     @torch.no_grad()
@@ -132,30 +131,52 @@ class GenerativeInbetweening(VideoDiffusionModule):
     # training objective
     # ------------------------------------------------------------------------------------------
     def training_inputs(
-        self, batch: Mapping[str, Any], generator: torch.Generator, sigmas: torch.Tensor | None = None
+        self,
+        batch: Mapping[str, Any],
+        generator: torch.Generator,
+        sigmas: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        cond_noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Everything one step needs. Draw order from ``generator``: video latents, σ (unless given),
-        latent noise, conditioning-image noise.
+        """Everything one step needs. Draw order from ``generator``: video latents, σ, latent noise,
+        conditioning-image noise; each draw can be given instead (then it is not drawn): ``latents``
+        (b f c h w, scaled VAE latents of ``batch["video"]`` in its own, forward, time order),
+        ``sigmas`` (b,), ``noise`` (b f c h w, the noise of the *reversed* latents), ``cond_noise``
+        (b c h w, the augmentation noise shared by both conditioning frames).
 
         Returns ``target`` (reversed latents, b f c h w), ``noisy`` (target + σ·ε), ``ref_noisy``
         (= flip_T(noisy), the forward video), ``sigma`` (b,), ``cond_embeds``/``cond_latents`` (last
         frame, trainable UNet), ``ref_embeds``/``ref_latents`` (first frame, reference UNet), ``time_ids``.
+        Float32, or float64 for a float64 video.
         """
         video = batch["video"].to(self.device)
+        dt = work_dtype(video.dtype)
+        video = video.to(dt)
         b = video.shape[0]
-        latents = rearrange(self.encode_video(video, generator), "b c f h w -> b f c h w")
+        if latents is None:
+            latents = rearrange(self.encode_video(video, generator), "b c f h w -> b f c h w")
+        latents = latents.to(self.device, dt)
         target = latents.flip(1)  # time-reversed clip
         sigma = sample_sigmas(b, generator, self.p_mean, self.p_std) if sigmas is None else sigmas
-        sigma = sigma.to(self.device, torch.float32)
-        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        noisy = target + noise * sigma.view(b, 1, 1, 1, 1)
-        img_noise = torch.randn(
-            video[:, 0].shape, generator=generator, device=video.device, dtype=torch.float32
-        )
-        cond_embeds, cond_latents = self.encode_condition(video[:, -1], img_noise)  # last original frame
-        ref_embeds, ref_latents = self.encode_condition(video[:, 0], img_noise)  # first original frame
+        sigma = sigma.to(self.device, work_dtype(sigma.dtype, dt))
+        if noise is None:
+            noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=torch.float32)
+        noisy = target + noise.to(target.device, dt) * sigma.view(b, 1, 1, 1, 1)
+        if cond_noise is None:
+            cond_noise = torch.randn(
+                video[:, 0].shape, generator=generator, device=video.device, dtype=torch.float32
+            )
+        cond_embeds, cond_latents = self.encode_condition(video[:, -1], cond_noise)  # last original frame
+        ref_embeds, ref_latents = self.encode_condition(video[:, 0], cond_noise)  # first original frame
         time_ids = added_time_ids(
-            self.fps_id, self.motion_bucket_id, self.noise_aug_strength, b, self.device, unet=self.unet
+            self.fps_id,
+            self.motion_bucket_id,
+            self.noise_aug_strength,
+            b,
+            self.device,
+            dtype=dt,
+            unet=self.unet,
         )
         return {
             "target": target,
@@ -178,6 +199,11 @@ class GenerativeInbetweening(VideoDiffusionModule):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """EDM loss of the backward model (``timesteps`` are noise levels σ here). Returns (b,)."""
         x = self.training_inputs(batch, generator, sigmas=timesteps)
+        return self.two_pass_loss(x), {"sigma_median": x["sigma"].median()}
+
+    def two_pass_loss(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sample loss (b,) from :meth:`training_inputs`: the reference pass (fills the attention
+        store, no gradient), then the trainable pass with the rotated maps, then the weighted EDM error."""
         self.attention_store.clear()
         with torch.no_grad():  # reference pass: fills the attention store
             svd_unet_forward(
@@ -187,9 +213,8 @@ class GenerativeInbetweening(VideoDiffusionModule):
             self.unet, x["noisy"], x["sigma"], x["cond_embeds"], x["cond_latents"], x["time_ids"]
         )
         d = denoised(out, x["noisy"], x["sigma"])
-        err = (d - x["target"].float()).pow(2).mean(dim=(1, 2, 3, 4))
-        loss = loss_weight(x["sigma"]) * err
-        return loss, {"sigma_median": x["sigma"].median()}
+        err = (d - x["target"].to(d.dtype)).pow(2).mean(dim=(1, 2, 3, 4))
+        return loss_weight(x["sigma"].to(d.dtype)) * err
 
     def validation_timesteps(self, n: int) -> torch.Tensor:
         """Fixed noise levels: centres of n equal-probability strata of LogNormal(p_mean, p_std)."""
@@ -241,8 +266,8 @@ class GenerativeInbetweening(VideoDiffusionModule):
         fn = SAMPLERS[mode]
         params = inspect.signature(fn).parameters
         opts = {k: v for k, v in opts.items() if k in params}
-        first = images.to(self.device, torch.float32)
-        last = last_images.to(self.device, torch.float32)
+        first = images.to(self.device, work_dtype(images.dtype))  # float32, float64 if given so
+        last = last_images.to(self.device, first.dtype)
         was_training = self.training
         self.eval()
         try:

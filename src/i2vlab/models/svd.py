@@ -137,13 +137,17 @@ def clip_image_embeds(image_encoder, image_processor, image: torch.Tensor) -> to
 
     Resize (antialiased) to the encoder's ``image_size``, map to [0, 1], normalise with the
     processor's mean/std (what ``CLIPImageProcessor(do_normalize=True, do_resize=False, ...)`` does
-    in the SVD pipeline, kept on the tensor's device)."""
+    in the SVD pipeline, kept on the tensor's device). Computed in float32 (float64 for a float64
+    image; ``CLIPImageProcessor`` itself would return float32); the embeddings come back in that dtype."""
+    from i2vlab.diffusion.edm import work_dtype
+
+    dt = work_dtype(image.dtype)
     size = int(image_encoder.config.image_size)
-    x = (resize_for_clip(image.float(), size) + 1.0) / 2.0
-    mean = torch.tensor(image_processor.image_mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(image_processor.image_std, device=x.device).view(1, -1, 1, 1)
+    x = (resize_for_clip(image.to(dt), size) + 1.0) / 2.0
+    mean = torch.tensor(image_processor.image_mean, device=x.device, dtype=dt).view(1, -1, 1, 1)
+    std = torch.tensor(image_processor.image_std, device=x.device, dtype=dt).view(1, -1, 1, 1)
     x = ((x - mean) / std).to(next(image_encoder.parameters()).dtype)
-    return image_encoder(pixel_values=x).image_embeds.float().unsqueeze(1)
+    return image_encoder(pixel_values=x).image_embeds.to(dt).unsqueeze(1)
 
 
 def added_time_ids(
@@ -189,10 +193,10 @@ def svd_unet_forward(
         image_latents: (b, c, h, w) or (b, f, c, h, w) conditioning-frame latents (VAE mode, unscaled).
         time_ids: (b, 3).
     """
-    from i2vlab.diffusion.edm import c_noise, scale_input
+    from i2vlab.diffusion.edm import as_sigma, c_noise, scale_input
 
     b, f = noisy.shape[:2]
-    sigma = torch.as_tensor(sigma, device=noisy.device, dtype=torch.float32)
+    sigma = as_sigma(sigma, noisy.device)  # float32, or float64 if given so
     sigma = sigma.expand(b) if sigma.ndim == 0 else sigma
     if image_latents.ndim == 4:
         image_latents = image_latents[:, None].expand(-1, f, -1, -1, -1)

@@ -34,6 +34,7 @@ from i2vlab.diffusion.edm import (
     euler_with_reinjection,
     init_noise_sigma,
     sampling_sigmas,
+    work_dtype,
 )
 from i2vlab.models.svd import added_time_ids, svd_unet_forward
 
@@ -57,14 +58,27 @@ def encode_keyframes(
     fps: float = 7,
     motion_bucket_id: float = 127,
     noise_aug_strength: float = 0.02,
+    cond_noise: torch.Tensor | None = None,
 ) -> tuple[KeyframeCond, KeyframeCond]:
-    """Both keyframes' conditioning with the same noise-augmentation sample (as the official code)."""
-    noise = torch.randn(first.shape, generator=generator, device=first.device, dtype=torch.float32)
+    """Both keyframes' conditioning with the same noise-augmentation sample (as the official code):
+    ``cond_noise`` (b c h w) or drawn from ``generator``."""
+    if cond_noise is None:
+        cond_noise = torch.randn(first.shape, generator=generator, device=first.device, dtype=torch.float32)
+    elif cond_noise.shape != first.shape:
+        raise ValueError(
+            f"cond_noise must have the keyframes' shape {tuple(first.shape)}, got {tuple(cond_noise.shape)}"
+        )
     out = []
     for img in (first, last):
-        emb, lat = module.encode_condition(img, noise, noise_aug_strength)
+        emb, lat = module.encode_condition(img, cond_noise, noise_aug_strength)
         ids = added_time_ids(
-            fps - 1, motion_bucket_id, noise_aug_strength, img.shape[0], img.device, unet=module.unet
+            fps - 1,
+            motion_bucket_id,
+            noise_aug_strength,
+            img.shape[0],
+            img.device,
+            dtype=emb.dtype,
+            unet=module.unet,
         )
         if cfg:
             emb, lat, ids = (
@@ -82,17 +96,21 @@ def guided_prediction(
     """UNet v-prediction on (b f c h w) latents with classifier-free guidance ``guidance`` (b, f, 1, 1, 1)
     (``None``: no CFG)."""
     x = torch.cat([z, z]) if guidance is not None else z
-    out = svd_unet_forward(unet, x, torch.tensor(sigma), cond.embeds, cond.latents, cond.time_ids).float()
+    out = svd_unet_forward(unet, x, torch.tensor(sigma), cond.embeds, cond.latents, cond.time_ids).to(z.dtype)
     if guidance is None:
         return out
     uncond, c = out.chunk(2)
     return uncond + guidance * (c - uncond)
 
 
-def frame_ramp(num_frames: int, start: float, end: float, batch: int, device) -> torch.Tensor:
-    """``linspace(start, end, F)`` shaped (b, f, 1, 1, 1)."""
+def frame_ramp(
+    num_frames: int, start: float, end: float, batch: int, device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``linspace(start, end, F)`` (made in float32, as the official pipeline) shaped (b, f, 1, 1, 1)
+    in ``dtype``."""
     return (
         torch.linspace(start, end, num_frames, device=device)
+        .to(dtype)
         .view(1, -1, 1, 1, 1)
         .expand(batch, -1, -1, -1, -1)
     )
@@ -108,9 +126,10 @@ def _initial_latents(
     generator: torch.Generator,
     device,
     latents: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Initial x: unit Gaussian noise (b f c h w; ``latents`` if given, as in diffusers pipelines)
-    times ``init_noise_sigma``."""
+    times ``init_noise_sigma``, in ``dtype``."""
     c = module.unet.config.out_channels
     f = 2 ** (len(module.vae.config.block_out_channels) - 1)
     shape = (batch, num_frames, c, height // f, width // f)
@@ -118,7 +137,7 @@ def _initial_latents(
         latents = torch.randn(shape, generator=generator, device=device)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} (b f c h w), got {tuple(latents.shape)}")
-    return latents.to(device, torch.float32) * init_noise_sigma(sigmas)
+    return latents.to(device, dtype) * init_noise_sigma(sigmas)
 
 
 def _check_keyframes(first: torch.Tensor, last: torch.Tensor, module) -> None:
@@ -151,25 +170,34 @@ def sample_inbetween(
     forward_unet=None,
     backward_unet=None,
     noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    cond_noise: torch.Tensor | None = None,
+    step_callback: Callable[[int, torch.Tensor], None] | None = None,
     return_latents: bool = False,
 ) -> torch.Tensor:
     """Bidirectional fused sampling. ``forward_unet`` defaults to ``module.ref_unet`` (frozen SVD,
     records maps), ``backward_unet`` to ``module.unet`` (fine-tuned, rotated maps); ``latents``:
-    initial unit noise (b f c h w); ``noise_sampler``: re-injection noise (default: seeded Gaussian). Returns the video
-    (b f c h w) in [-1, 1], or the final latents with ``return_latents``."""
+    initial unit noise (b f c h w); ``noise_sampler``: re-injection noise (default: seeded Gaussian);
+    ``cond_noise``: the keyframes' augmentation noise (b c h w; default: seeded Gaussian);
+    ``step_callback(i, z)``: sees the latents after each step. Computed in float32 (float64 for
+    float64 keyframes). Returns the video (b f c h w) in [-1, 1], or the final latents with
+    ``return_latents``."""
     _check_keyframes(first, last, module)
     fwd = forward_unet if forward_unet is not None else module.ref_unet
     bwd = backward_unet if backward_unet is not None else module.unet
-    device, b = first.device, first.shape[0]
+    device, b, dt = first.device, first.shape[0], work_dtype(first.dtype)
     g = torch.Generator(device=device).manual_seed(int(seed))
     cfg = max_guidance_scale > 1.0
-    c0, c1 = encode_keyframes(module, first, last, g, cfg, fps, motion_bucket_id, noise_aug_strength)
+    c0, c1 = encode_keyframes(
+        module, first.to(dt), last.to(dt), g, cfg, fps, motion_bucket_id, noise_aug_strength, cond_noise
+    )
     sigmas = sampling_sigmas(module.noise_scheduler, num_inference_steps)
-    z = _initial_latents(module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents)
+    z = _initial_latents(
+        module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents, dt
+    )
 
-    ramp = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device)
+    ramp = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device, dt)
     if weighted_average:  # per-frame fusion weights, unsymmetrised CFG ramp
-        guidance, w = ramp, frame_ramp(num_frames, 1.0, 0.0, b, device)
+        guidance, w = ramp, frame_ramp(num_frames, 1.0, 0.0, b, device, dt)
     else:  # symmetrised ramp (constant (min + max) / 2), equal weights
         guidance, w = (ramp + ramp.flip(1)) / 2, 0.5
     guidance = guidance if cfg else None
@@ -188,6 +216,7 @@ def sample_inbetween(
         noise_injection_ratio,
         noise_sampler=noise_sampler,
         generator=g,
+        callback=step_callback,
     )
     if return_latents:
         return z
@@ -240,14 +269,18 @@ def sample_trf(
     """Time Reversal Fusion with the unmodified SVD (``unet`` defaults to ``module.ref_unet``)."""
     _check_keyframes(first, last, module)
     net = unet if unet is not None else module.ref_unet
-    device, b = first.device, first.shape[0]
+    device, b, dt = first.device, first.shape[0], work_dtype(first.dtype)
     g = torch.Generator(device=device).manual_seed(int(seed))
     cfg = max_guidance_scale > 1.0
-    c_fwd, c_bwd = encode_keyframes(module, first, last, g, cfg, fps, motion_bucket_id, noise_aug_strength)
+    c_fwd, c_bwd = encode_keyframes(
+        module, first.to(dt), last.to(dt), g, cfg, fps, motion_bucket_id, noise_aug_strength
+    )
     sigmas = sampling_sigmas(module.noise_scheduler, num_inference_steps)
-    z = _initial_latents(module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents)
-    guidance = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device) if cfg else None
-    w = frame_ramp(num_frames, 1.0, 0.0, b, device)
+    z = _initial_latents(
+        module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents, dt
+    )
+    guidance = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device, dt) if cfg else None
+    w = frame_ramp(num_frames, 1.0, 0.0, b, device, dt)
 
     order = trf_step_schedule(num_inference_steps, jump_length, jump_n_sample, repeat_step_ratio)
     last_id = order[0] - 1
@@ -260,7 +293,7 @@ def sample_trf(
             z = w * zf + (w * zb).flip(1)
         else:  # jump back: re-noise from σ_{last+1} to σ_last
             std = math.sqrt(max(float(sigmas[last_id]) ** 2 - float(sigmas[last_id + 1]) ** 2, 0.0))
-            z = z + torch.randn(z.shape, generator=g, device=device) * std * noise_scale_ratio
+            z = z + torch.randn(z.shape, generator=g, device=device).to(dt) * std * noise_scale_ratio
         last_id = step
     if return_latents:
         return z
