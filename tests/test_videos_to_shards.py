@@ -56,7 +56,7 @@ def test_converts_reports_and_resumes(tmp_path, capsys):
         "2",
     ]
     totals = videos_to_shards.main(args)
-    assert totals == {"shards": 3, "written": 5, "missing": 1, "unreadable": 1}
+    assert totals == {"shards": 3, "written": 5, "missing": 1, "unreadable": 1, "unsafe": 0}
     shards = sorted(out.glob("shard-*.tar"))
     assert [s.name for s in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     with tarfile.open(shards[0]) as tf:
