@@ -9,10 +9,14 @@ SVD's denoiser is ``D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise
   [0.002, 700], ``timestep_type: continuous`` so its ``timesteps`` are the ``c_noise`` values).
 
 The σ schedule comes from the diffusers scheduler (:func:`sampling_sigmas`); the Euler step itself is
-written out (:func:`euler_step`, identical to ``EulerDiscreteScheduler.step`` with ``s_churn = 0``)
-because the Generative Inbetweening sampler re-enters the same step several times (noise
-re-injection) and TRF jumps back and forth between steps, which the scheduler's internal step
-counter does not model.
+written out (:func:`euler_step`: the operations of ``EulerDiscreteScheduler.step`` with ``s_churn = 0``,
+bit-identical to it and to the Generative Inbetweening code's copy of it in float32) because the
+Generative Inbetweening sampler re-enters the same step several times (noise re-injection) and TRF
+jumps back and forth between steps, which the scheduler's internal step counter does not model.
+
+Precision: everything runs in float32, or in float64 when the inputs are float64 (the parity tests
+do); σ factors are computed in σ's dtype, float32 for the scheduler's σ table as in the scheduler.
+Unlike the scheduler, the step does not cast a float64 sample to float32.
 """
 
 from __future__ import annotations
