@@ -349,6 +349,22 @@ def test_noise_reinjection_counts_and_forward_runs_before_backward(module):
     assert calls == ["fwd", "bwd"] * (4 + 3 * 2)  # 4 steps + 3 re-injections on the first 2
 
 
+def test_fp16_vae_encodes_the_keyframes_in_float32_as_the_svd_pipeline(module):
+    import copy
+
+    from i2vlab.pipelines.inbetween import encode_keyframes
+
+    m = copy.deepcopy(module)
+    m.vae.half()
+    assert m.vae.config.force_upcast
+    seen = []
+    m.vae.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    first, last = _keyframes()
+    c0, c1 = encode_keyframes(m, first, last, torch.Generator().manual_seed(0), cfg=True)
+    assert seen == [torch.float32, torch.float32] and m.vae.dtype == torch.float16
+    assert c0.latents.dtype == torch.float32 and torch.isfinite(c0.latents).all()
+
+
 def test_trf_schedule_matches_repaint_jumps():
     order = trf_step_schedule(50, jump_length=5, jump_n_sample=2, repeat_step_ratio=0.8)
     assert order[:16] == list(range(10)) + [8, 7, 6, 5, 4, 5]

@@ -61,16 +61,25 @@ def encode_keyframes(
     cond_noise: torch.Tensor | None = None,
 ) -> tuple[KeyframeCond, KeyframeCond]:
     """Both keyframes' conditioning with the same noise-augmentation sample (as the official code):
-    ``cond_noise`` (b c h w) or drawn from ``generator``."""
+    ``cond_noise`` (b c h w) or drawn from ``generator``. A float16 VAE whose config asks for
+    ``force_upcast`` encodes in float32, as the official (and diffusers') SVD pipeline does."""
     if cond_noise is None:
         cond_noise = torch.randn(first.shape, generator=generator, device=first.device, dtype=torch.float32)
     elif cond_noise.shape != first.shape:
         raise ValueError(
             f"cond_noise must have the keyframes' shape {tuple(first.shape)}, got {tuple(cond_noise.shape)}"
         )
+    vae = module.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        encoded = [module.encode_condition(img, cond_noise, noise_aug_strength) for img in (first, last)]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     out = []
-    for img in (first, last):
-        emb, lat = module.encode_condition(img, cond_noise, noise_aug_strength)
+    for img, (emb, lat) in zip((first, last), encoded):
         ids = added_time_ids(
             fps - 1,
             motion_bucket_id,
