@@ -13,7 +13,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python scripts/parity/inbetween.py --official /path/to/svd_keyframe_interpolation
 
-writes ``tests/fixtures/parity/inbetween/`` (``--out`` to change), about 2.6 MB:
+writes ``tests/fixtures/parity/inbetween/`` (``--out`` to change), about 3.5 MB, in ~15 s:
 
 - ``weights``: the tiny networks, every parameter seeded and non-zero (``randomize_``), stored in
   float16 (the values; all runs use them in float64): two ``UNetSpatioTemporalConditionModel``
@@ -23,7 +23,8 @@ writes ``tests/fixtures/parity/inbetween/`` (``--out`` to change), about 2.6 MB:
 - ``attention`` (float64): the official ``AttentionStoreProcessor`` on ``unet_a`` and
   ``AttentionFlipCtrlProcessor`` on ``unet_b`` (registered with the official
   ``register_temporal_self_attention_control`` / ``..._flip_control``), one reference pass then one
-  flip pass, batch 2: every stored map per layer, the rotated maps, both UNet outputs.
+  flip pass, batch 2: every stored map per layer (the maps the flip pass used are checked here to
+  be their 180° rotations), both UNet outputs.
 - ``training`` (float64): one step of ``train_reverse_motion_with_attnflip.py`` (lines 385-466),
   reproduced by calling its components in its order (the script itself needs accelerate, datasets,
   argparse and a dataset folder): its processors on ``ref_unet`` (= ``unet_a``) and on the trainable
@@ -38,9 +39,10 @@ writes ``tests/fixtures/parity/inbetween/`` (``--out`` to change), about 2.6 MB:
 - ``scheduler`` (float32): the official Euler scheduler with SVD's scheduler config: σ tables and
   timesteps for 4 / 25 / 50 steps, ``init_noise_sigma``, one ``scale_model_input`` and ``step``.
 
-Stand-ins (on both sides): ``CLIPImageProcessor`` is replaced by its normalisation written out in the
-input's dtype (transformers 5 returns float32, which would cap the float64 comparison); the official
-training script's CLIP input size (224) is kept, the pipeline's tensor path does not resize.
+Stand-in (official side): its ``CLIPImageProcessor`` call is replaced by the same normalisation written
+out in the input's dtype (transformers 5 returns float32, which would cap the float64 comparison); ours
+normalises with the processor's mean / std itself. The official training script's CLIP input size
+(224) is kept; the pipeline's tensor path does not resize.
 """
 
 from __future__ import annotations
