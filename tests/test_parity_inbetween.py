@@ -23,12 +23,12 @@ import math
 
 import pytest
 import torch
+from parity_helpers import assert_rel_close, load_fixture, rel_err
 
 from i2vlab.diffusion import edm
 from i2vlab.methods import inbetween as method_mod
 from i2vlab.models import attention_control as ac
 from i2vlab.models.svd import build_image_encoder, build_image_processor, build_svd_unet, build_svd_vae
-from tests.parity_helpers import assert_rel_close, load_fixture, rel_err
 
 GROUP = "inbetween"
 #: the official scheduler casts the sample to float32 at every step (``step``: ``sample =
