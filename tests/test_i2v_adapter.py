@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from i2vlab.methods.i2v_adapter import I2VAdapter
 from i2vlab.models.i2v_adapter import (
     FirstFrameAttnProcessor,
-    convert_official_state_dict,
+    convert_official_adapter,
     i2v_adapter_processors,
     install_i2v_adapter,
     spatial_self_attention_names,
@@ -386,7 +386,10 @@ def test_exported_adapter_reloads_and_reproduces_the_sample(cfg, tmp_path):
     assert torch.equal(other.sample(["a ball"], images, **kw), ref)
 
 
-def test_converter_maps_official_names(cfg, tmp_path):
+def test_converter_maps_official_first_frame_branch(cfg, tmp_path):
+    """i2v_module.pth (the official first-frame-branch checkpoint) -> the adapter file. The official code
+    loads it after from_pretrained_ip set to_q_ff <- to_q, so the file's own to_q_ff is what the release
+    uses; a layer without one keeps the copy of to_q from the UNet checkpoint."""
     import subprocess
     import sys
 
@@ -395,7 +398,7 @@ def test_converter_maps_official_names(cfg, tmp_path):
     m = build(cfg)
     procs = i2v_adapter_processors(m.unet)
     g = torch.Generator().manual_seed(0)
-    official, expect = {}, {}
+    branch, unet_ckpt, expect = {}, {}, {}
     for name, p in procs.items():
         block = name[: -len(".attn1.processor")]
         for k, param in [
@@ -404,26 +407,25 @@ def test_converter_maps_official_names(cfg, tmp_path):
             ("to_out_ff.bias", p.to_out_ff.bias),
         ]:
             v = torch.randn(param.shape, generator=g)
-            official[f"module.{block}.attn1.{k}"] = v
+            branch[f"module.{block}.attn1.{k}"] = v
             expect[f"unet.{name}.{k}"] = v
-        attn = m.unet.get_submodule(block + ".attn1")
-        official[f"module.{block}.attn1.to_q.weight"] = torch.randn(attn.to_q.weight.shape, generator=g)
-        official[f"module.{block}.attn1.to_k.weight"] = torch.randn(attn.to_k.weight.shape, generator=g)
-    official["module.down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"] = torch.randn(4, 4)
-    official["module.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k_ip.weight"] = torch.randn(
-        4, 4
-    )
-    conv = convert_official_state_dict(official)
+        unet_ckpt[f"{block}.attn1.to_q.weight"] = torch.randn(p.to_q_ff.weight.shape, generator=g)
+    conv = convert_official_adapter(branch)
     assert conv.keys() == expect.keys() and all(torch.equal(conv[k], expect[k]) for k in expect)
-    # the official loader's behaviour: to_q_ff <- to_q
-    conv_q = convert_official_state_dict(official, query_from_to_q=True)
-    for k in conv_q:
+    # without to_q_ff in the file: the copy of to_q (needs the UNet checkpoint), as the official loader
+    no_q = {k: v for k, v in branch.items() if "to_q_ff" not in k}
+    with pytest.raises(KeyError, match="to_q"):
+        convert_official_adapter(no_q)
+    conv_q = convert_official_adapter(no_q, to_q_source=unet_ckpt)
+    for k, v in conv_q.items():
         if k.endswith("to_q_ff.weight"):
-            src = "module." + k[len("unet.") :].replace(".processor.to_q_ff", ".to_q")
-            assert torch.equal(conv_q[k], official[src])
-    # the script end to end, then load into the method
-    src = tmp_path / "official.pth"
-    torch.save({"state_dict": official}, src)
+            assert torch.equal(v, unet_ckpt[k[len("unet.") :].replace(".processor.to_q_ff", ".to_q")])
+    # anything but the branch is refused (the whole release converts with `release`)
+    with pytest.raises(KeyError, match="release"):
+        convert_official_adapter({**branch, **unet_ckpt})
+    # the script end to end (the earlier --src/--dst form still works), then load into the method
+    src = tmp_path / "i2v_module.pth"
+    torch.save({"state_dict": branch}, src)
     dst = tmp_path / "adapter.safetensors"
     subprocess.run(
         [sys.executable, str(REPO / "scripts/convert_i2v_adapter.py"), "--src", str(src), "--dst", str(dst)],
@@ -441,6 +443,7 @@ def test_converter_maps_official_names(cfg, tmp_path):
         [
             sys.executable,
             str(REPO / "scripts/convert_i2v_adapter.py"),
+            "adapter",
             "--src",
             str(src),
             "--dst",
@@ -457,6 +460,28 @@ def test_converter_maps_official_names(cfg, tmp_path):
     loaded_m = load_method(dst2)
     own = dict(loaded_m.named_parameters())
     assert all(torch.equal(own[k], v) for k, v in expect.items())
+    # and back: export to the official layout (what inference.py --i2v_module_path loads)
+    back = tmp_path / "back.pth"
+    sys.path.insert(0, str(REPO / "scripts"))
+    import convert_i2v_adapter
+
+    convert_i2v_adapter.main(["export", "--adapter", str(dst), "--out", str(back)])
+    official = torch.load(str(back), weights_only=True)
+    assert official.keys() == {k[len("module.") :] for k in branch}
+    assert all(torch.equal(official[k[len("module.") :]], v) for k, v in branch.items())
+
+
+def test_pickles_are_read_safely(tmp_path):
+    """Official .pth/.bin files load with torch.load(weights_only=True); one that needs full
+    unpickling is refused with a message that names --trust-checkpoint."""
+    from i2vlab.models.i2v_adapter import read_checkpoint
+    from i2vlab.utils.safe_load import UnsafeCheckpointError
+
+    path = tmp_path / "odd.pth"
+    torch.save({"state_dict": {"a": torch.ones(2)}, "extra": Path("x")}, path)
+    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+        read_checkpoint(path)
+    assert torch.equal(read_checkpoint(path, trust=True)["a"], torch.ones(2))
 
 
 @pytest.mark.slow

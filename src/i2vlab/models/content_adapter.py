@@ -13,10 +13,19 @@ onto a ``UNetMotionModel``:
   IP-Adapter-Plus SD1.5), whose ``hidden_states[-2]`` are the Resampler's input.
 
 Published weights (``ip-adapter-plus_sd15.bin`` / ``.safetensors``, keys ``image_proj`` / ``ip_adapter``)
-load through diffusers' own converter (``UNet2DConditionLoadersMixin._load_ip_adapter_weights``).
-Without weights (tiny test configs, or the meta device for parameter reports) the same classes are
-built from the config. The unconditional image embedding is the encoder's output for an all-zero
-*preprocessed* image (as the official code and diffusers' pipelines do).
+load through diffusers' public loader, ``IPAdapterMixin.load_ip_adapter`` (a pipeline mixin: it is
+called on a minimal holder of the UNet, with ``image_encoder_folder=None``; the image encoder is a
+backbone component of its own). Without weights (tiny test configs, or the meta device for
+parameter reports) the same classes are built from the config. Either way the UNet ends up as
+diffusers' loader leaves it: ``encoder_hid_dim_type`` is set as an *attribute* of ``unet.config``
+(not an item: ``unet.config.get(...)`` does not see it), which :func:`has_content_adapter` reads.
+The unconditional image embedding is the encoder's output for an all-zero *preprocessed* image (as
+the official code and diffusers' pipelines do).
+
+The published file numbers its cross-attention k/v projections ``ip_adapter.<id>.to_{k,v}_ip.weight``
+with ``id = 2 i + 1`` over the UNet's spatial ``attn2`` layers in ``attn_processors`` order (down,
+up, mid; motion modules skipped): :func:`ip_adapter_layer_ids`, used to write such files
+(``scripts/convert_i2v_adapter.py``).
 """
 
 from __future__ import annotations
@@ -38,9 +47,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def read_ip_adapter_file(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
-    """An IP-Adapter checkpoint (``.bin``/``.pt`` dict with ``image_proj`` / ``ip_adapter``, or a
-    ``.safetensors`` file with ``image_proj.`` / ``ip_adapter.`` key prefixes) -> {image_proj, ip_adapter}."""
+def read_ip_adapter_file(path: str | Path, trust: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """An IP-Adapter checkpoint (``.bin``/``.pt`` dict with ``image_proj`` / ``ip_adapter``, read with
+    ``torch.load(weights_only=True)`` unless ``trust``; or a ``.safetensors`` file with ``image_proj.`` /
+    ``ip_adapter.`` key prefixes) -> {image_proj, ip_adapter}."""
+    from i2vlab.utils.safe_load import load_torch_file
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -52,8 +64,8 @@ def read_ip_adapter_file(path: str | Path) -> dict[str, dict[str, torch.Tensor]]
             if head in out:
                 out[head][rest] = v
         return out
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not {"image_proj", "ip_adapter"} <= set(sd):
+    sd = load_torch_file(path, what="IP-Adapter checkpoint", trust=trust)
+    if not isinstance(sd, dict) or not {"image_proj", "ip_adapter"} <= set(sd):
         raise ValueError(f"{path}: not an IP-Adapter checkpoint (expected keys image_proj and ip_adapter)")
     return sd
 
@@ -90,8 +102,7 @@ def install_content_adapter(
                 f"{name}.pretrained must be an IP-Adapter checkpoint file, got {pretrained!r}. "
                 f"Published: {IP_ADAPTER_PUBLISHED}"
             )
-        sd = read_ip_adapter_file(Path(pretrained).expanduser())
-        unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
+        load_ip_adapter_file(unet, Path(pretrained).expanduser())
     else:
         if not image_proj:
             raise ValueError(
@@ -112,9 +123,48 @@ def install_content_adapter(
         unet.encoder_hid_proj = MultiIPAdapterImageProjection(
             [IPAdapterPlusImageProjection(**image_proj).to(device)]
         )
-        unet.register_to_config(encoder_hid_dim_type="ip_image_proj")
+        unet.config.encoder_hid_dim_type = "ip_image_proj"  # as diffusers' IP-Adapter loader sets it
     set_content_scale(unet, scale)
     return unet.encoder_hid_proj
+
+
+def load_ip_adapter_file(unet: nn.Module, path: str | Path) -> None:
+    """Load a published-format IP-Adapter file into ``unet`` with diffusers' public loader
+    (``IPAdapterMixin.load_ip_adapter``; ``.bin`` files are read with ``weights_only=True``)."""
+    from diffusers.loaders import IPAdapterMixin
+
+    class _UNetHolder(IPAdapterMixin):  # what the pipeline mixin needs of a pipeline: its unet
+        def __init__(self, unet: nn.Module) -> None:
+            self.unet = unet
+
+    path = Path(path)
+    _UNetHolder(unet).load_ip_adapter(
+        str(path.parent), subfolder=None, weight_name=path.name, image_encoder_folder=None
+    )
+
+
+def ip_adapter_layer_ids(unet: nn.Module) -> dict[str, int]:
+    """{``attn2`` processor name: id in the published ``ip_adapter`` state dict} (1, 3, 5, ...)."""
+    return {name: 2 * i + 1 for i, name in enumerate(cross_attention_names(unet))}
+
+
+def ip_adapter_file_tensors(
+    image_proj: Mapping[str, torch.Tensor], kv: Mapping[str, torch.Tensor], unet: nn.Module
+) -> dict[str, torch.Tensor]:
+    """The flat tensors of a published-format ``.safetensors`` IP-Adapter file: ``image_proj.*``
+    (the Resampler in its original naming, as ``ip-adapter-plus_sd15.bin`` stores it) and
+    ``ip_adapter.<id>.to_{k,v}_ip.weight`` from ``kv`` = {``<attn2 processor name>.to_k_ip.0.weight``
+    / ``...to_v_ip.0.weight``: tensor} (diffusers' processor names on ``unet``)."""
+    ids = ip_adapter_layer_ids(unet)
+    out = {f"image_proj.{k}": v for k, v in image_proj.items()}
+    expected = {f"{name}.{p}_ip.0.weight" for name in ids for p in ("to_k", "to_v")}
+    if set(kv) != expected:
+        missing, extra = sorted(expected - set(kv))[:3], sorted(set(kv) - expected)[:3]
+        raise KeyError(f"IP-Adapter k/v do not match this UNet (missing {missing}, unexpected {extra})")
+    for name, i in ids.items():
+        for p in ("to_k", "to_v"):
+            out[f"ip_adapter.{i}.{p}_ip.weight"] = kv[f"{name}.{p}_ip.0.weight"]
+    return out
 
 
 def set_content_scale(unet: nn.Module, scale: float) -> None:
@@ -127,9 +177,13 @@ def set_content_scale(unet: nn.Module, scale: float) -> None:
 
 
 def has_content_adapter(unet: nn.Module) -> bool:
+    """Whether ``unet`` projects ``added_cond_kwargs["image_embeds"]`` (an IP-Adapter is installed).
+
+    diffusers' loader sets ``encoder_hid_dim_type`` as an attribute of the config (``FrozenDict``),
+    not as an item, so it is read with ``getattr`` (as the UNet's own forward does)."""
     return (
         getattr(unet, "encoder_hid_proj", None) is not None
-        and unet.config.get("encoder_hid_dim_type") == "ip_image_proj"
+        and getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj"
     )
 
 
