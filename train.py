@@ -6,6 +6,9 @@ python train.py experiment=toy_i2v_adapter                # another recipe
 python train.py ... trainer=ddp trainer.devices=8         # multi-GPU
 python train.py -m experiment=smoke optimizer.lr=1e-4,2e-4   # Hydra multirun, one dir per job
 python train.py ... hydra.run.dir=<run dir> ckpt_path=last   # resume a run
+
+The config is checked (types, ranges, method/backbone fit, weights paths) before anything heavy
+is imported or built; problems are printed as one paragraph naming the key (exit status 2).
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import i2vlab.utils.config  # noqa: E402,F401  (registers OmegaConf resolvers)
-from i2vlab.training import train  # noqa: E402
+from i2vlab.errors import report_user_errors  # noqa: E402
+from i2vlab.utils.validate import validate_train_config  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@report_user_errors
 def main(cfg: DictConfig) -> float | None:
+    validate_train_config(cfg)  # fast: before torch / Lightning / diffusers are imported
+    from i2vlab.training import train
+
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 

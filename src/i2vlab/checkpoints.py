@@ -28,11 +28,16 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from i2vlab.errors import UserError
 from i2vlab.utils.safe_load import CorruptFileError, load_torch_file
 
 log = logging.getLogger(__name__)
 
 TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+class NoValidCheckpointError(UserError, FileNotFoundError):
+    pass
 
 
 class _HashingWriter:
@@ -167,7 +172,7 @@ def find_resume_checkpoint(path: str | os.PathLike) -> tuple[Path, str | None]:
         if reason is None:
             return c, f"{path.name}: {why}"
         rejected.append(f"{c.name}: {reason}")
-    raise FileNotFoundError(
+    raise NoValidCheckpointError(
         f"no usable checkpoint in {folder}: {path.name}: {why}"
         + (f"; also rejected {'; '.join(rejected[:5])}" if rejected else "")
         + ". Start fresh without ckpt_path (and with overwrite=true to reuse this run directory)."

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from i2vlab.checkpoints import AtomicCheckpointIO, clean_leftovers, find_resume_checkpoint
+from i2vlab.errors import UserError
 from i2vlab.utils.config import git_revision
 from i2vlab.utils.runtime import global_rank, quiet_logs
 from i2vlab.utils.validate import validate_train_config
@@ -43,7 +44,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     if p.is_dir():
         p = p / "checkpoints" / "last.ckpt"
     if not p.is_file() and not (p.parent.is_dir() and any(p.parent.glob("*.ckpt"))):
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"ckpt_path={ckpt_path!r}: no checkpoint at {p}. To resume a run, pass its directory: "
             f"`ckpt_path=<run dir>` or `hydra.run.dir=<run dir> ckpt_path=last`."
         )
@@ -55,11 +56,15 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(chosen)
 
 
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    pass
+
+
 #: what an earlier run leaves in its directory (Hydra's own .hydra/ and train.log do not count)
 RUN_ARTEFACTS = ("checkpoints", "export", "csv", "tensorboard", "wandb", "samples")
 
 
-class RunDirectoryNotEmpty(RuntimeError):
+class RunDirectoryNotEmpty(UserError, RuntimeError):
     pass
 
 
@@ -132,7 +137,7 @@ def summary(cfg: DictConfig, output_dir: Path) -> str:
     )
 
 
-class OutOfMemoryHelp(RuntimeError):
+class OutOfMemoryHelp(UserError, RuntimeError):
     pass
 
 

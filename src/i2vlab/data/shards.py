@@ -7,6 +7,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from i2vlab.errors import UserError
+
+
+class ShardsNotFoundError(UserError, FileNotFoundError):
+    """A shard specification that names no readable shard, or only some of them."""
+
 
 def shard_pattern(out_dir: str | os.PathLike, prefix: str = "shard") -> str:
     return str(Path(out_dir) / f"{prefix}-%06d.tar")
@@ -43,7 +49,7 @@ def list_shards(spec: str | os.PathLike | Sequence[str], key: str = "data.train_
     else:
         specs = [os.fspath(s) for s in spec]
     if not specs:
-        raise FileNotFoundError(f"{key} is an empty list: name at least one shard, folder or pattern")
+        raise ShardsNotFoundError(f"{key} is an empty list: name at least one shard, folder or pattern")
     out: list[str] = []
     for one in specs:
         out.extend(_resolve_one(one, key))
@@ -66,7 +72,7 @@ def _resolve_one(spec: str, key: str) -> list[str]:
     if p.is_dir():
         shards = sorted(str(s) for s in p.glob("*.tar"))
         if not shards:
-            raise FileNotFoundError(f"{key}={spec!r}: no .tar shards in that folder; {hint}")
+            raise ShardsNotFoundError(f"{key}={spec!r}: no .tar shards in that folder; {hint}")
         return shards
     if p.is_file():
         if p.suffix in (".txt", ".list", ".lst"):
@@ -84,7 +90,7 @@ def _resolve_one(spec: str, key: str) -> list[str]:
         else:
             missing.append(e)
     if missing:
-        raise FileNotFoundError(
+        raise ShardsNotFoundError(
             f"{key}={spec!r}: {len(found)} of {len(expanded)} shards found; first missing: {missing[0]}. {hint}"
         )
     return found
@@ -94,7 +100,7 @@ def _read_shard_list(path: Path, key: str, hint: str) -> list[str]:
     lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
     entries = [ln for ln in lines if ln]
     if not entries:
-        raise FileNotFoundError(f"{key}={str(path)!r}: the shard list is empty; {hint}")
+        raise ShardsNotFoundError(f"{key}={str(path)!r}: the shard list is empty; {hint}")
     out = []
     for e in entries:
         if e.startswith(REMOTE_PREFIXES):

@@ -14,18 +14,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from i2vlab.errors import WeightsNotFoundError  # noqa: F401  (re-exported)
+from i2vlab.utils.validate import looks_like_local_path  # noqa: F401  (re-exported)
+
 _META = contextvars.ContextVar("i2vlab_build_on_meta", default=False)
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Raised when a configured weights path does not exist or cannot be loaded."""
 
 
 @contextlib.contextmanager
@@ -48,12 +46,6 @@ def import_object(path: str | type) -> Any:
         return path
     module, _, attr = path.rpartition(".")
     return getattr(importlib.import_module(module), attr)
-
-
-def looks_like_local_path(s: str) -> bool:
-    return (
-        s.startswith(("/", "./", "../", "~")) or os.sep in s.strip("/").split("/", 2)[-1] or Path(s).exists()
-    )
 
 
 def check_weights(pretrained: str, key: str, published: str | None = None) -> None:

@@ -16,12 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from i2vlab.errors import UserError
 
-class UnsafeCheckpointError(RuntimeError):
+
+class UnsafeCheckpointError(UserError, RuntimeError):
     """A file needs full unpickling (it may run code) and no trust flag was given."""
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(UserError, RuntimeError):
     """A weights/checkpoint file is empty, truncated or not a torch/safetensors file."""
 
 
@@ -99,7 +101,7 @@ def load_weights(path: str | os.PathLike, what: str = "weights", trust: bool = F
 _BAD_KEY = re.compile(r"[\x00-\x1f]")
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(UserError, ValueError):
     """A key would name a file outside its folder."""
 
 

@@ -19,8 +19,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from i2vlab.errors import UserError, WeightsNotFoundError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value or combination that cannot work; the message names the key."""
 
 
@@ -175,6 +177,121 @@ def _fitting_backbones(needed: set[str], conf_dir: str | Path | None) -> list[st
     return out
 
 
+def looks_like_local_path(s: str) -> bool:
+    """A value meant as a file-system path (not a hub id ``owner/name``)."""
+    s = str(s)
+    return (
+        s.startswith(("/", "./", "../", "~"))
+        or s.strip("/").count("/") >= 2  # hub ids are owner/name
+        or Path(s).suffix.lower() in (".ckpt", ".pth", ".pt", ".bin", ".safetensors", ".json", ".yaml")
+        or Path(s).expanduser().exists()
+    )
+
+
+#: component keys that name weights (local folder/file or hub id)
+WEIGHT_FIELDS = ("pretrained", "motion_adapter", "pretrained_motion_unet")
+
+
+def _hub_online(timeout: float = 1.5) -> bool:
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo: str, subfolder: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return False
+    names = [f"{subfolder}/config.json" if subfolder else "config.json", "model_index.json"]
+    try:
+        return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+    except ValueError:  # not a valid hub id (HFValidationError)
+        return False
+
+
+def check_weights_available(cfg: DictConfig) -> None:
+    """Every weights path of the backbone exists, or (hub ids) is cached or downloadable, checked
+    before anything is built. The message names the key a user sets (``backbone.pretrained``, not
+    the component key that interpolates it), where the weights are published and the expected
+    folder layout; without network it comes at once instead of after the hub's retries."""
+    backbone = cfg.get("backbone")
+    if not isinstance(backbone, DictConfig):
+        return
+    raw = OmegaConf.to_container(backbone, resolve=False)
+    wanted: dict[str, dict[str, Any]] = {}
+    for comp, node in raw.items():
+        if not isinstance(node, dict):
+            continue
+        for field in WEIGHT_FIELDS:
+            if field not in node:
+                continue
+            ref = node[field]
+            m = re.fullmatch(r"\$\{(backbone\.[A-Za-z0-9_.]+)\}", ref) if isinstance(ref, str) else None
+            key = m.group(1) if m else f"backbone.{comp}.{field}"
+            try:
+                value = OmegaConf.select(cfg, key)
+            except OmegaConfBaseException:
+                continue
+            if value is None:
+                continue
+            w = wanted.setdefault(key, {"value": str(value), "subfolders": set(), "published": set()})
+            sub = node.get("subfolder") or ("unet" if comp == "unet" and field == "pretrained" else None)
+            if sub:  # (diffusers UNet builders read <pretrained>/unet themselves)
+                w["subfolders"].add(str(sub))
+            if node.get("published"):
+                w["published"].add(str(node["published"]))
+    online: bool | None = None
+    problems = []
+    for key, w in wanted.items():
+        value = w["value"]
+        local = looks_like_local_path(value)
+        layout = (
+            f" Expected layout: {value if local else '<dir>'}/{{{','.join(sorted(w['subfolders']))}}}/ "
+            "(diffusers / transformers folders)."
+            if w["subfolders"] and not Path(value).suffix
+            else ""
+        )
+        where = f" Published: {'; '.join(sorted(w['published']))}." if w["published"] else ""
+        if local:
+            if not Path(value).expanduser().exists():
+                problems.append(
+                    f"{key}={value!r} does not exist: set {key}=<local folder or file>.{layout}{where}"
+                )
+            continue
+        subs = sorted(w["subfolders"]) or [None]
+        if all(_hub_cached(value, s) for s in subs):
+            continue
+        if online is None:
+            online = _hub_online()
+        if not online:
+            problems.append(
+                f"{key}={value!r} is a hub id, not in the local cache, and this machine cannot reach the hub: "
+                f"download it where you can (huggingface-cli download {value} --local-dir <dir>) and set "
+                f"{key}=<dir>.{layout}{where}"
+            )
+    if problems:
+        raise WeightsNotFoundError("weights not found: " + " | ".join(problems))
+
+
 def validate_train_config(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
-    check_compatibility(cfg, conf_dir)
-    check_values(cfg)
+    """All checks; every problem found is reported in one error (the first check's type if only one
+    check failed)."""
+    check_compatibility(cfg, conf_dir)  # nothing else is meaningful with the wrong backbone
+    errors: list[UserError] = []
+    for check in (check_values, check_weights_available):
+        try:
+            check(cfg)
+        except UserError as e:
+            errors.append(e)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigError(" | ".join(str(e) for e in errors))
