@@ -9,13 +9,20 @@ from __future__ import annotations
 import logging
 import os
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from i2vlab.utils.runtime import configure_threads
+
+configure_threads()  # before torch is imported (OMP_NUM_THREADS to override)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from i2vlab.errors import report_user_errors  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@report_user_errors
 def main(cfg: DictConfig) -> dict:
     import torch
     import torch.distributed as dist

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,8 @@ def write_run_info(output_dir: Path, **extra: Any) -> Path:
         "torch": torch.__version__,
         "pytorch_lightning": pl.__version__,
         "diffusers": diffusers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         **extra,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
