@@ -126,7 +126,17 @@ class DynamiCrafterUNet3DModel(ModelMixin, AttentionMixin, ConfigMixin):
                 num_layers=1,
                 norm_num_groups=norm_num_groups,
             )
-        heads = [c // attention_head_dim for c in block_out_channels]
+        # LVDM: num_heads = channels // num_head_channels, head size num_head_channels, in the spatial
+        # and the temporal transformers of every level. diffusers' 3D blocks take their
+        # ``num_attention_heads`` argument as the head *size* (they build
+        # ``Transformer2DModel(channels // num_attention_heads, num_attention_heads)`` and the same for
+        # ``TransformerTemporalModel``), so the head size is what they must be given.
+        head_size = attention_head_dim
+        for c in block_out_channels:
+            if c % head_size:
+                raise ValueError(
+                    f"block_out_channels {c} is not a multiple of attention_head_dim {head_size}"
+                )
         common = dict(
             resnet_eps=norm_eps,
             resnet_act_fn="silu",
@@ -148,7 +158,7 @@ class DynamiCrafterUNet3DModel(ModelMixin, AttentionMixin, ConfigMixin):
                     out_channels=out_ch,
                     temb_channels=temb_dim,
                     add_downsample=i < len(block_out_channels) - 1,
-                    num_attention_heads=heads[i],
+                    num_attention_heads=head_size,
                     downsample_padding=1,
                     **common,
                 )
@@ -160,7 +170,7 @@ class DynamiCrafterUNet3DModel(ModelMixin, AttentionMixin, ConfigMixin):
             resnet_eps=norm_eps,
             resnet_act_fn="silu",
             cross_attention_dim=cross_attention_dim,
-            num_attention_heads=heads[-1],
+            num_attention_heads=head_size,
             resnet_groups=norm_num_groups,
             use_linear_projection=True,
         )
@@ -179,7 +189,7 @@ class DynamiCrafterUNet3DModel(ModelMixin, AttentionMixin, ConfigMixin):
                     prev_output_channel=prev,
                     temb_channels=temb_dim,
                     add_upsample=i < len(rev) - 1,
-                    num_attention_heads=list(reversed(heads))[i],
+                    num_attention_heads=head_size,
                     resolution_idx=i,
                     **common,
                 )
