@@ -268,3 +268,46 @@ def test_content_adapter_loads_published_format_through_diffusers(tmp_path, imag
         Exception, match="backbone.content_adapter.pretrained"
     ):  # WeightsNotFoundError via Hydra
         build(tmp_path, f"backbone.content_adapter.pretrained={tmp_path}/missing/ip.safetensors")
+
+
+def test_ip_adapter_file_from_the_backbone_config_trains_and_samples(tmp_path, image):
+    """Regression (the full-size config loads its IP-Adapter from a file): diffusers' loader sets
+    ``encoder_hid_dim_type`` as a config *attribute*; the method read it as an item, dropped the image
+    embeddings, and every training step and sample died in the UNet with
+    ``TypeError: argument of type 'NoneType' is not iterable``."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from i2vlab.models.content_adapter import has_content_adapter
+
+    base = build(tmp_path)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=toy_i2v_adapter", f"paths.output_dir={tmp_path}"])
+    sd = _official_ip_adapter_plus(base.unet, OmegaConf.to_container(cfg.backbone.content_adapter.image_proj))
+    path = tmp_path / "ip-adapter-plus.safetensors"
+    save_file({f"{k}.{n}": v for k, d in sd.items() for n, v in d.items()}, str(path))
+    m = build(tmp_path, f"backbone.content_adapter.pretrained={path}")
+    assert m.unet.config.get("encoder_hid_dim_type") is None  # how diffusers leaves it: an attribute only
+    assert has_content_adapter(m.unet)
+    assert m.image_embeddings(image)["added_cond_kwargs"]["image_embeds"][0].shape[:2] == (1, 1)
+    # a training step: loss, gradients on the adapter only, and the first frame's image reaches the UNet
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(1, F, 3, 16, 16, generator=g) * 2 - 1
+    batch = {"video": video, "caption": ["a ball"]}
+    m.train()
+    loss, _ = m.compute_loss(batch, torch.Generator().manual_seed(1))
+    loss.mean().backward()
+    grads = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and grads <= set(m.configure_trainable())
+    from i2vlab.models.content_adapter import set_content_scale
+
+    with torch.no_grad():
+        l1, _ = m.compute_loss(batch, torch.Generator().manual_seed(1), train=False)
+        set_content_scale(m.unet, 0.0)  # image prompt off: the same step gives another loss
+        l0, _ = m.compute_loss(batch, torch.Generator().manual_seed(1), train=False)
+        set_content_scale(m.unet, 1.0)
+    assert not torch.equal(l0, l1)
+    # sampling through the method and the pipeline (CFG with the zero-image embedding)
+    m.eval()
+    out = m.sample(["a ball"], image, num_frames=F, seed=0, num_inference_steps=2, color_match_frames=False)
+    assert out.shape == (1, F, 3, 16, 16) and torch.isfinite(out).all()

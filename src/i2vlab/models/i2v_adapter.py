@@ -619,6 +619,8 @@ def convert_release(
         k = _strip_prefix(k)
         if origin.get(k) == "unet_ckpt":
             accounting["unet_ckpt"][k] = "superseded by the i2v_module tensor (loaded after it)"
+        elif k in accounting["unet_ckpt"]:
+            accounting["unet_ckpt"][k] += ", then by the i2v_module tensor (loaded after it)"
         sd[k], origin[k] = v, "i2v_module"
     conv = convert_official_unet(sd, own, drop)
     copied = []
