@@ -325,3 +325,48 @@ def test_incompatible_method_and_backbone_name_the_backbones_that_fit(tmp_path, 
 def test_a_missing_mandatory_value_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.train_shards is required"):
         train(compose_train(["experiment=smoke", "data=webvid"], tmp_path))
+
+
+@pytest.mark.slow
+def test_data_fault_counts_are_summed_over_ranks_and_kept_in_the_checkpoint(tmp_path, toy_data):
+    """Two DDP ranks read a shard set with corrupt videos: the logged and checkpointed count is the
+    sum of what both ranks skipped (each rank logs its own skips), not one rank's count."""
+    import shutil
+
+    import webdataset as wds
+
+    from i2vlab.data.shards import make_sample
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data / "toy" / "val", data / "toy" / "val")
+    (data / "toy" / "train").mkdir(parents=True)
+    good = list(wds.WebDataset(str(toy_data / "toy" / "train" / "shard-000000.tar"), shardshuffle=False))
+    for k in range(2):  # every shard alternates a good and a corrupt video: both ranks meet some
+        with wds.TarWriter(str(data / "toy" / "train" / f"shard-{k:06d}.tar")) as sink:
+            for i, g in enumerate(good):
+                sink.write({k2: v for k2, v in g.items() if not k2.startswith("__") or k2 == "__key__"})
+                sink.write(make_sample(f"bad{k}x{i}", b"\x00" * 500, "corrupt", {}))
+    args = [
+        "experiment=smoke",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=100",
+        "trainer.log_every_n_steps=1",
+        "data.num_workers=0",
+        "data.batch_size=1",
+        "method.validation.num_samples=0",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+    ]
+    p = _run_train(args, tmp_path / "run", data, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    skipped = out.count("skipping unreadable video")  # both ranks' own warnings
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    total = ck["VideoDataModule"]["health"]["corrupt"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "version_0" / "metrics.csv")))
+    logged = max(float(r["data/corrupt"]) for r in rows if r.get("data/corrupt"))
+    print("corrupt skipped / checkpointed / logged:", skipped, total, logged)
+    assert skipped >= 6 and total == skipped == int(logged), (skipped, total, logged)

@@ -84,7 +84,14 @@ class PreemptionCheckpoint(pl.Callback):
                 signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.received is None or self.saved_path is not None:
+        if self.saved_path is not None:
+            return
+        received = self.received is not None
+        if trainer.world_size > 1:  # every rank must take part in the (collective) checkpoint
+            flag = torch.tensor([float(received)], device=pl_module.device)
+            received = bool(trainer.strategy.reduce(flag, reduce_op="max").item() > 0)
+            self.received = self.received or (signal.SIGTERM if received else None)
+        if not received:
             return
         ckpt = next((c for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)), None)
         folder = Path(ckpt.dirpath) if ckpt is not None else Path(trainer.default_root_dir) / "checkpoints"

@@ -426,12 +426,18 @@ class VideoDataModule(pl.LightningDataModule):
             log.warning(
                 "data.num_workers or data.seed changed since the checkpoint: the data stream restarts"
             )
-            self.health_base = DataHealth(state.get("health"))
+            self.health_base = self._base_for_this_rank(state.get("health"))
             return
         self.positions = {int(k): int(v) for k, v in state.get("positions", {}).items()}
         self.positions_epoch = int(state.get("epoch", 0))
-        # the resumed workers fast-forward without decoding, so they count only what follows
-        self.health_base, self.health_workers = DataHealth(state.get("health")), {}
+        # the resumed workers fast-forward without decoding, so they count only what follows; the
+        # checkpoint holds the totals of all ranks, which rank 0 carries on
+        self.health_base, self.health_workers = self._base_for_this_rank(state.get("health")), {}
+
+    def _base_for_this_rank(self, totals: Mapping[str, int] | None) -> DataHealth:
+        trainer = getattr(self, "trainer", None)
+        rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+        return DataHealth(totals) if rank == 0 else DataHealth()
 
 
 def _worker_init(worker_id: int) -> None:

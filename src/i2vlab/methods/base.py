@@ -364,6 +364,26 @@ class VideoDiffusionModule(pl.LightningModule):
         log.warning("%s: step skipped (no optimizer step)", msg)
         return None
 
+    def _data_health_sum(self) -> dict[str, float] | None:
+        """This rank's data-health totals summed over ranks (a collective: call on every rank)."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is None or not hasattr(dm, "health_totals"):
+            return None
+        counts = dm.health_totals().snapshot()
+        t = torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device)
+        if trainer.world_size > 1:
+            t = trainer.strategy.reduce(t, reduce_op="sum")
+        return dict(zip(counts, t.tolist()))
+
+    def _save_global_data_health(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint carries the totals of all ranks (Lightning stores rank 0's data-module
+        state only); on resume rank 0 starts from them and the other ranks from zero."""
+        state = next((v for k, v in checkpoint.items() if isinstance(v, dict) and "health" in v), None)
+        totals = self._data_health_sum()
+        if state is not None and totals is not None:
+            state["health"] = {k: int(v) for k, v in totals.items()}
+
     def _log_data_health(self) -> None:
         """``data/<kind>``: what the training stream skipped or repaired so far, summed over workers,
         epochs (and the run before a resume) and ranks; one reduction per logging interval."""
@@ -374,11 +394,7 @@ class VideoDiffusionModule(pl.LightningModule):
         every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
         if self.global_step % every:
             return
-        counts = dm.health_totals().snapshot()
-        t = torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device)
-        if trainer.world_size > 1:
-            t = trainer.strategy.reduce(t, reduce_op="sum")
-        for k, v in zip(counts, t.tolist()):
+        for k, v in (self._data_health_sum() or {}).items():
             self.log(f"data/{k}", v, rank_zero_only=True)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -502,6 +518,7 @@ class VideoDiffusionModule(pl.LightningModule):
         }
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
+        self._save_global_data_health(checkpoint)
         checkpoint["rng"] = {
             "python": random.getstate(),
             "numpy": _numpy_rng_state(),
