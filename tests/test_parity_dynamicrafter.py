@@ -27,8 +27,11 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
+from i2vlab.methods.dynamicrafter import DynamiCrafter
 from i2vlab.models.dynamicrafter import DynamiCrafterUNet3DModel, Resampler
+from i2vlab.models.dynamicrafter import schedule as lvdm
 from i2vlab.models.dynamicrafter.convert import convert_resampler_state_dict, convert_unet_state_dict
+from i2vlab.pipelines import dynamicrafter as pipe
 from parity_helpers import assert_rel_close, load_fixture, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +135,185 @@ def test_resampler_matches_official():
         out = ours_resampler()(fx["in.x"].double())
     assert out.shape == fx["out"].shape
     assert_rel_close(out, fx["out"], what="resampler")
+
+
+# ----------------------------------------------------------------------------------------------
+# stand-in encoders: the functions of scripts/parity/dynamicrafter.py behind our module interfaces
+# ----------------------------------------------------------------------------------------------
+VOCAB, TXT = 64, 77
+
+
+def caption_ids(text: str) -> list[int]:
+    ids = [1 + ord(c) % (VOCAB - 1) for c in text][:TXT]
+    return ids + [0] * (TXT - len(ids))
+
+
+class StandInTokenizer:
+    model_max_length = TXT
+
+    def __call__(self, prompts, **kwargs):
+        return SimpleNamespace(input_ids=torch.tensor([caption_ids(p) for p in prompts]))
+
+
+class StandInTextEncoder(nn.Module):
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table.clone())
+
+    def forward(self, ids):
+        return (self.table[ids],)
+
+
+class StandInImageEncoder(nn.Module):
+    """Class token + 4 x 4 patch convolution of the CLIP-normalised input (our ``clip_preprocess``)."""
+
+    def __init__(self, w: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, w["patch.weight"].shape[0], w["patch.weight"].shape[-1], stride=4)
+        self.patch.load_state_dict({"weight": w["patch.weight"], "bias": w["patch.bias"]})
+        self.cls = nn.Parameter(w["cls"].clone())
+
+    @property
+    def dtype(self):
+        return self.cls.dtype
+
+    def forward(self, pixel_values):
+        x = self.patch(pixel_values).flatten(2).transpose(1, 2)
+        return SimpleNamespace(last_hidden_state=torch.cat([self.cls.expand(x.shape[0], 1, -1), x], 1))
+
+
+class _Dist:
+    def __init__(self, z):
+        self.z = z
+
+    def mode(self):
+        return self.z
+
+    def sample(self, generator=None):
+        return self.z
+
+
+class StandInVAE(nn.Module):
+    """Pixel subsampling to 4 channels."""
+
+    def __init__(self, scaling_factor: float) -> None:
+        super().__init__()
+        self.register_buffer("dummy", torch.zeros(1))
+        self.config = SimpleNamespace(scaling_factor=scaling_factor)
+
+    @property
+    def dtype(self):
+        return self.dummy.dtype
+
+    def encode(self, x):
+        return SimpleNamespace(latent_dist=_Dist(torch.cat([x[:, :, ::2, ::2], x[:, :1, 1::2, 1::2]], 1)))
+
+
+def scheduler(style: str) -> DDPMScheduler:
+    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    if style == "256":
+        return DDPMScheduler(**common, prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
+    return DDPMScheduler(
+        **common, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+
+
+def module(style: str, dtype=torch.float64, scaling_factor: float = 1.0, **kw) -> DynamiCrafter:
+    """Our DynamiCrafter with the fixture's tiny UNet / Resampler (through our converters) and the
+    stand-in encoders; ``style`` 256 (eps, fs) or 512 / 1024 (v, zero-terminal SNR, fps, dynamic rescale)."""
+    w = load_fixture(GROUP, "weights")
+    opts = dict(fps_condition_type="fs", use_dynamic_rescale=False)
+    if style != "256":
+        opts = dict(fps_condition_type="fps", use_dynamic_rescale=True, base_scale=0.7 if style == "512" else 0.3)
+    m = DynamiCrafter(
+        unet=ours_unet("unet256" if style == "256" else "unet512", dtype),
+        image_encoder=StandInImageEncoder(w.group("image.")),
+        image_proj_model=ours_resampler(dtype),
+        vae=StandInVAE(scaling_factor),
+        text_encoder=StandInTextEncoder(w["text.table"]),
+        tokenizer=StandInTokenizer(),
+        noise_scheduler=scheduler(style),
+        trainable=[r"image_proj_model\..*"],
+        uncond_prob=0.05,
+        clip_image_size=16,  # = the images' size: no resize (the official stand-in has none)
+        **{**opts, **kw},
+    )
+    return m.to(dtype).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule tables
+# ----------------------------------------------------------------------------------------------
+def test_schedule_tables_match_official():
+    fx = load_fixture(GROUP, "schedule")
+    for n in (3, 10, 16, 25, 30, 50):
+        for spacing, lvdm_name in (("leading", "uniform"), ("trailing", "uniform_trailing")):
+            ref = fx[f"timesteps.{lvdm_name}.{n}"]
+            ref = ref[ref < 1000]  # LVDM's uniform at 3 steps ends on t = 1000 (and fails there)
+            ours = pipe.ddim_timesteps({"timestep_spacing": spacing, "steps_offset": 1}, n)
+            assert ours == ref.flip(0).tolist(), (spacing, n)
+    assert len(pipe.ddim_timesteps({"timestep_spacing": "leading", "steps_offset": 1}, 30)) == 31
+    for style, key in (("256", "plain"), ("512", "zsnr")):
+        sched = scheduler(style)
+        assert_rel_close(lvdm.alphas_cumprod(sched.config), fx[f"alphas_cumprod.{key}"], what=key)
+        # the float64 tables in the training scheduler (what add_noise / get_velocity read)
+        lvdm.use_float64_tables(sched)
+        assert sched.alphas_cumprod.dtype == torch.float64
+        assert_rel_close(sched.alphas_cumprod, fx[f"alphas_cumprod.{key}"], what=key)
+    for base in (0.7, 0.3):
+        ref = fx[f"scale_arr.{base}"][:1000]
+        assert torch.equal(lvdm.dynamic_rescale_table(1000, base, 400), ref), base
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling end to end
+# ----------------------------------------------------------------------------------------------
+SAMPLERS = ["sampler_256", "sampler_256_multicond", "sampler_512", "sampler_1024_multicond"]
+
+
+def run_sampler(name: str, m: DynamiCrafter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    fx = load_fixture(GROUP, name)
+    call = fx.meta["call"]
+    m = m or module(call["style"])
+    n = call["lvdm_steps"]
+    out = pipe.sample_dynamicrafter(
+        m,
+        call["prompts"],
+        fx["in.images"].double(),
+        num_frames=call["frames"],
+        num_inference_steps=call["steps"],
+        guidance_scale=call["guidance"],
+        eta=call["eta"],
+        guidance_rescale=call["rescale"],
+        multiple_cond_cfg=call["multicond"],
+        cfg_img=call["cfg_img"],
+        fs=call["fs"],
+        return_latents=True,
+        x_T=fx["in.x_T"].double(),
+        step_noise=[fx[f"in.noise.{i}"].double() for i in range(n)],
+    )
+    return out, fx["out.latents"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_sampler_matches_official(name):
+    out, ref = run_sampler(name)
+    assert_rel_close(out, ref, what=name)
+
+
+def test_sampler_guard_last_step_rescale(monkeypatch):
+    """The old sampler multiplied pred x0 by scale[0] / scale[t_last] on the last step (LVDM: 1)."""
+    name = "sampler_512"
+    steps = load_fixture(GROUP, name).meta["call"]["steps"]
+    ts = pipe.ddim_timesteps(scheduler("512").config, steps)
+    step = pipe.ddim_step
+    base = lvdm.dynamic_rescale_table(1000, 0.7, 400)
+
+    def old_step(x, out, a_t, a_prev, eta, kind, rescale=1.0, noise=None):
+        if a_t == float(lvdm.alphas_cumprod(scheduler("512").config)[ts[-1]]):  # the last step
+            rescale = float(base[0] / base[ts[-1]])
+        return step(x, out, a_t, a_prev, eta, kind, rescale, noise)
+
+    monkeypatch.setattr(pipe, "ddim_step", old_step)
+    out, ref = run_sampler(name)
+    assert rel_err(out, ref) > 1e-3

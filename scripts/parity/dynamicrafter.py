@@ -36,7 +36,7 @@ writes ``tests/fixtures/parity/dynamicrafter/`` (``--out`` to change), about 2.5
 - ``sampler_*`` (float64): ``image_guided_synthesis`` end to end (conditions from the stand-in encoders
   and the Resampler, then ``DDIMSampler`` / ``DDIMSampler_multicond``), eta = 1, 2 clips of 4 frames:
   ``sampler_256`` (eps, uniform, CFG 7.5, 10 steps), ``sampler_256_multicond`` (s_txt 7.5, s_img 3,
-  30 steps = 31 LVDM steps), ``sampler_512`` (v, zero-terminal SNR, uniform_trailing, guidance rescale
+  16 steps = 17 LVDM steps, as 16 does not divide 1000), ``sampler_512`` (v, zero-terminal SNR, uniform_trailing, guidance rescale
   0.7, dynamic rescale 0.7, 10 steps), ``sampler_1024_multicond`` (as 512 with base_scale 0.3, s_img 2,
   16 steps). The initial noise and every step's noise (LVDM draws them from the global RNG with
   ``torch.randn`` / ``noise_like``) are drawn beforehand, served to the official code in its order and
@@ -455,7 +455,7 @@ def make_schedule(O) -> tuple[dict, dict]:
 
 SAMPLERS = {
     "sampler_256": dict(style="256", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.0, fs=3),
-    "sampler_256_multicond": dict(style="256", steps=30, guidance=7.5, cfg_img=3.0, multicond=True, rescale=0.0, fs=5),
+    "sampler_256_multicond": dict(style="256", steps=16, guidance=7.5, cfg_img=3.0, multicond=True, rescale=0.0, fs=5),
     "sampler_512": dict(style="512", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.7, fs=24),
     "sampler_1024_multicond": dict(
         style="1024", steps=16, guidance=7.5, cfg_img=2.0, multicond=True, rescale=0.7, fs=10

@@ -38,18 +38,11 @@ from i2vlab.models.dynamicrafter import (
     gate_values,
 )
 from i2vlab.models.dynamicrafter.convert import widen_conv_in
+from i2vlab.models.dynamicrafter.schedule import dynamic_rescale_table, use_float64_tables
+
+__all__ = ["DynamiCrafter", "dynamic_rescale_table"]
 
 log = logging.getLogger(__name__)
-
-
-def dynamic_rescale_table(
-    num_timesteps: int = 1000, base_scale: float = 0.7, turning_step: int = 400
-) -> torch.Tensor:
-    """``scale_arr``: linspace(1 -> base_scale) over t in [0, turning_step), then base_scale."""
-    arr = np.concatenate(
-        [np.linspace(1.0, base_scale, turning_step), np.full(num_timesteps - turning_step, base_scale)]
-    )
-    return torch.tensor(arr, dtype=torch.float32)
 
 
 class DynamiCrafter(VideoDiffusionModule):
@@ -87,6 +80,8 @@ class DynamiCrafter(VideoDiffusionModule):
     ) -> None:
         kwargs.setdefault("text_dropout", 0.0)
         super().__init__(unet=unet, **kwargs)
+        if self.noise_scheduler is not None:  # LVDM's schedule tables (float64, not diffusers' float32)
+            use_float64_tables(self.noise_scheduler)
         self.image_encoder = image_encoder
         self.image_proj_model = image_proj_model
         self.uncond_prob = float(uncond_prob)
@@ -147,6 +142,25 @@ class DynamiCrafter(VideoDiffusionModule):
         z = latents[torch.arange(b, device=latents.device), :, cond_frame]  # b c h w
         return z[:, :, None].expand(-1, -1, f, -1, -1).contiguous()
 
+    def conditioning_draws(
+        self, b: int, f: int, generator: torch.Generator, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random draws of :meth:`prepare_conditions`: ``r`` ~ U(0, 1) per sample for the
+        conditioning dropout (ones when nothing is dropped: validation or ``uncond_prob`` 0) and the
+        conditioning frame per sample (frame 0 when not random). One method so that a test can
+        replay another implementation's draws."""
+        dev = self.device
+        p = self.uncond_prob if train else 0.0
+        if p > 0:
+            r = torch.rand(b, generator=generator, device=generator.device).to(dev)
+        else:
+            r = torch.ones(b, device=dev)
+        if train and self.rand_cond_frame and not self.interp_mode:
+            idx = torch.randint(0, f, (b,), generator=generator, device=generator.device).to(dev)
+        else:
+            idx = torch.zeros(b, dtype=torch.long, device=dev)
+        return r, idx
+
     def prepare_conditions(
         self, batch: Mapping[str, Any], latents: torch.Tensor, generator: torch.Generator, train: bool = True
     ) -> dict[str, Any]:
@@ -154,18 +168,10 @@ class DynamiCrafter(VideoDiffusionModule):
         b, f = video.shape[:2]
         dev = self.device
         p = self.uncond_prob if train else 0.0
-        r = (
-            torch.rand(b, generator=generator, device=generator.device).to(dev)
-            if p > 0
-            else torch.ones(b, device=dev)
-        )
+        r, idx = self.conditioning_draws(b, f, generator, train)
         drop_text = r < 2 * p
         drop_image = (r >= p) & (r < 3 * p)
         captions = ["" if d else c for d, c in zip(drop_text.tolist(), batch["caption"])]
-        if train and self.rand_cond_frame and not self.interp_mode:
-            idx = torch.randint(0, f, (b,), generator=generator, device=generator.device).to(dev)
-        else:
-            idx = torch.zeros(b, dtype=torch.long, device=dev)
         image = video[torch.arange(b, device=dev), idx] * (~drop_image).to(video.dtype).view(b, 1, 1, 1)
         context = torch.cat([self.encode_prompt(captions), self.image_context(image).float()], dim=1)
         cond = {
@@ -199,16 +205,18 @@ class DynamiCrafter(VideoDiffusionModule):
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
 
     def x0_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Dynamic rescale factor per timestep (1 when off)."""
+        """Dynamic rescale factor per timestep (float64; 1 when off)."""
         if not self.use_dynamic_rescale:
-            return torch.ones(timesteps.shape, device=timesteps.device)
+            return torch.ones(timesteps.shape, device=timesteps.device, dtype=torch.float64)
         T = self.noise_scheduler.config.num_train_timesteps
         table = dynamic_rescale_table(T, self.base_scale, self.turning_step).to(timesteps.device)
         return table[timesteps.long()]
 
     def scale_clean_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """512/1024 recipes: x0 multiplied by the dynamic rescale factor of its timestep."""
-        return latents * self.x0_scale(timesteps).view(-1, 1, 1, 1, 1)
+        if not self.use_dynamic_rescale:
+            return latents
+        return latents * self.x0_scale(timesteps).to(latents.dtype).view(-1, 1, 1, 1, 1)
 
     def loss_logs(self, train: bool) -> dict[str, Any]:
         """The learned gate λ of every layer (paper Figure 2) and their mean."""

@@ -1,17 +1,26 @@
 """DynamiCrafter sampling: DDIM (50 steps, eta 1) with classifier-free guidance on a trained module.
 
 Follows ``lvdm/models/samplers/ddim.py`` / ``ddim_multiplecond.py`` and ``scripts/evaluation/inference.py``
-(Doubiiu/DynamiCrafter):
+``image_guided_synthesis`` (Doubiiu/DynamiCrafter); verified against them in
+``tests/test_parity_dynamicrafter.py``:
 
-- timesteps from diffusers' ``DDIMScheduler.set_timesteps`` with the backbone's spacing (``leading`` +
-  offset 1 = LVDM "uniform" [1, 21, ..., 981] for the 256 model; ``trailing`` = "uniform_trailing"
-  [19, 39, ..., 999] for 512/1024); the update is the LVDM DDIM step, written here because the
-  dynamic rescale multiplies the predicted x0 by ``scale_arr[t_prev] / scale_arr[t]`` inside the step;
-- standard CFG: uncond = ("" text, CLIP of a zero image, the *same* concatenated latent);
+- timesteps as LVDM's ``make_ddim_timesteps`` (:func:`~i2vlab.models.dynamicrafter.schedule.ddim_timesteps`):
+  ``leading`` + offset 1 = LVDM "uniform" [1, 21, ..., 981] for the 256 model; ``trailing`` =
+  "uniform_trailing" [19, 39, ..., 999] for 512/1024; cumulative alphas in float64
+  (:func:`~i2vlab.models.dynamicrafter.schedule.alphas_cumprod`);
+- the LVDM DDIM update, written here (:func:`ddim_step`) because the dynamic rescale multiplies the
+  predicted x0 by ``scale_arr[t_prev] / scale_arr[t]`` inside the step (1 on the last step, as
+  LVDM's ``ddim_scale_arr_prev``);
+- standard CFG: uncond = ("" text, CLIP of a zero image, the *same* concatenated latent); guidance only
+  when the text scale is not 1 (as the official samplers);
 - multi-condition CFG: ``e(0,0) + s_img [e(img,0) - e(0,0)] + s_txt [e(img,txt) - e(img,0)]``;
 - ``guidance_rescale`` (0.7 for the v-prediction models) against the conditional output;
 - interpolation (``last_images``: first and last latents concatenated, zeros between) and loop mode
   (the same image at both ends).
+
+:func:`ddim_sample` is the step loop on any model callable (no Lightning); :func:`sample_dynamicrafter`
+builds the conditions from a trained module and runs it. The initial noise and the per-step noise
+(eta > 0) come from a seeded generator, or are given (``x_T``, ``step_noise``) to replay a run.
 
 Layouts: images b c h w in [-1, 1]; latents b c f h w; returns b f c h w in [-1, 1].
 """
@@ -19,11 +28,14 @@ Layouts: images b c h w in [-1, 1]; latents b c f h w; returns b f c h w in [-1,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from diffusers import DDIMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+from i2vlab.models.dynamicrafter.schedule import alphas_cumprod, ddim_timesteps, dynamic_rescale_table
+
+__all__ = ["combine_guidance", "ddim_sample", "ddim_step", "ddim_timesteps", "sample_dynamicrafter"]
 
 
 def combine_guidance(
@@ -69,11 +81,53 @@ def ddim_step(
     return out
 
 
-def ddim_timesteps(scheduler_config, num_inference_steps: int) -> list[int]:
-    """Descending DDIM timesteps with the training scheduler's spacing."""
-    sched = DDIMScheduler.from_config(scheduler_config)
-    sched.set_timesteps(num_inference_steps)
-    return [int(t) for t in sched.timesteps]
+
+def ddim_sample(
+    model_fn: Callable[[torch.Tensor, int], Sequence[torch.Tensor]],
+    x: torch.Tensor,
+    alphas: torch.Tensor,
+    timesteps: Sequence[int],
+    prediction_type: str,
+    guidance_scale: float = 1.0,
+    cfg_img: float | None = None,
+    guidance_rescale: float = 0.0,
+    eta: float = 1.0,
+    x0_scale: torch.Tensor | None = None,
+    step_noise: Callable[[int, torch.Size], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The LVDM DDIM loop (``DDIMSampler.ddim_sampling`` / ``p_sample_ddim``).
+
+    Args:
+        model_fn: ``(x_t, t) ->`` model outputs, one per condition: ``[cond]`` (no guidance),
+            ``[cond, uncond]`` (standard CFG) or ``[cond, uncond, image-only]`` (multi-condition CFG).
+        x: the initial noise x_T (b c f h w).
+        alphas: cumulative alphas of the training schedule (float64, indexed by timestep).
+        timesteps: descending DDIM timesteps.
+        guidance_scale / cfg_img / guidance_rescale: s_txt (s), s_img (default s_txt), rescale phi.
+        x0_scale: the dynamic-rescale table ``scale_arr`` (None when off); pred x0 is multiplied by
+            ``scale_arr[t_prev] / scale_arr[t]``, and by 1 on the last step.
+        step_noise: ``(step index, shape) ->`` the noise added at that step when eta > 0.
+    """
+    for i, t in enumerate(timesteps):
+        last = i + 1 == len(timesteps)
+        t_prev = None if last else timesteps[i + 1]
+        a_t = float(alphas[t])
+        a_prev = float(alphas[0]) if last else float(alphas[t_prev])
+        out = [o.to(x.dtype) for o in model_fn(x, t)]
+        if len(out) == 1:
+            model_out = out[0]
+        else:
+            model_out = combine_guidance(
+                out[0], out[1], guidance_scale, out[2] if len(out) == 3 else None, cfg_img
+            )
+            if guidance_rescale > 0:
+                model_out = rescale_noise_cfg(model_out, out[0], guidance_rescale=guidance_rescale)
+        rescale = 1.0
+        if x0_scale is not None and not last:
+            rescale = float(x0_scale[t_prev]) / float(x0_scale[t])
+        noise = step_noise(i, x.shape) if eta > 0 and step_noise is not None else None
+        x = ddim_step(x, model_out, a_t, a_prev, eta, prediction_type, rescale, noise)
+    return x
 
 
 @torch.no_grad()
@@ -94,6 +148,8 @@ def sample_dynamicrafter(
     loop: bool = False,
     negative_prompt: str = "",
     return_latents: bool = False,
+    x_T: torch.Tensor | None = None,
+    step_noise: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate videos with a trained :class:`~i2vlab.methods.dynamicrafter.DynamiCrafter`.
 
@@ -104,10 +160,13 @@ def sample_dynamicrafter(
         multiple_cond_cfg / cfg_img: multi-condition CFG and its image scale s_img (default s_txt).
         fs: frame stride (256) or fps (512/1024); smaller -> more motion; the UNet's ``default_fs`` if None.
         last_images: end keyframes (interpolation); ``loop``: the start image at both ends.
+        x_T / step_noise: the initial latents and the noise of each step (eta > 0) instead of drawing
+            them from ``seed`` (to replay another sampler's run).
     """
     dev = module.device
     b = len(prompts)
-    images = images.to(dev).float()
+    images = images.to(dev)
+    images = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
     if images.shape[0] != b:
         raise ValueError(f"{b} prompts but {images.shape[0]} images")
     vl = getattr(module.image_proj_model.config, "video_length", None)
@@ -119,16 +178,16 @@ def sample_dynamicrafter(
         loop = interp = True  # an interpolation model given one image: loop mode
 
     # conditions: (img, txt), (0, 0) and, for multi-condition CFG, (img, 0)
-    text = module.encode_prompt(list(prompts))
-    null = module.encode_prompt([negative_prompt] * b)
-    img_tokens = module.image_context(images).float()
-    uncond_img = module.image_context(torch.zeros_like(images)).float()
+    img_tokens = module.image_context(images)
+    ctx_dtype = torch.promote_types(img_tokens.dtype, torch.float32)
+    img_tokens = img_tokens.to(ctx_dtype)
+    text = module.encode_prompt(list(prompts)).to(ctx_dtype)
     z0 = module.encode_image(images)  # b c h w
     concat = None
     if module.vdg:
         zf = z0[:, :, None].expand(-1, -1, f, -1, -1)
         if interp:
-            zl = z0 if last_images is None else module.encode_image(last_images.to(dev).float())
+            zl = z0 if last_images is None else module.encode_image(last_images.to(dev, images.dtype))
             concat = module.concat_latents(
                 zf.contiguous(), torch.zeros(b, dtype=torch.long, device=dev), last=zl
             )
@@ -136,7 +195,9 @@ def sample_dynamicrafter(
             concat = zf.contiguous()
     fs_t = None if fs is None else torch.full((b,), int(fs), device=dev, dtype=torch.long)
     contexts = [torch.cat([text, img_tokens], 1)]
-    if guidance_scale != 1.0 or multiple_cond_cfg:
+    if guidance_scale != 1.0:
+        null = module.encode_prompt([negative_prompt] * b).to(ctx_dtype)
+        uncond_img = module.image_context(torch.zeros_like(images)).to(ctx_dtype)
         contexts.append(torch.cat([null, uncond_img], 1))
         if multiple_cond_cfg:
             contexts.append(torch.cat([null, img_tokens], 1))
@@ -148,35 +209,41 @@ def sample_dynamicrafter(
     }
 
     sched_cfg = module.noise_scheduler.config
-    alphas = module.noise_scheduler.alphas_cumprod.double().cpu()
-    pred_type = sched_cfg.prediction_type
-    timesteps = ddim_timesteps(sched_cfg, num_inference_steps)
-    scale = (
-        module.x0_scale(torch.arange(sched_cfg.num_train_timesteps)).cpu()
-        if module.use_dynamic_rescale
-        else None
-    )
+    scale = None
+    if module.use_dynamic_rescale:
+        T = sched_cfg.num_train_timesteps
+        scale = dynamic_rescale_table(T, module.base_scale, module.turning_step)
+
+    def model_fn(x: torch.Tensor, t: int) -> Sequence[torch.Tensor]:
+        tt = torch.full((b * n,), t, device=dev, dtype=torch.long)
+        return module.denoise(x.repeat(n, 1, 1, 1, 1), tt, cond).chunk(n)
 
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     h, w = z0.shape[-2:]
-    x = torch.randn((b, module.latent_channels, f, h, w), generator=g).to(dev)
-    for i, t in enumerate(timesteps):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        a_t = float(alphas[t])
-        a_prev = float(alphas[t_prev]) if t_prev is not None else float(alphas[0])
-        tt = torch.full((b * n,), t, device=dev, dtype=torch.long)
-        out = module.denoise(x.repeat(n, 1, 1, 1, 1), tt, cond).float().chunk(n)
-        if n == 1:
-            model_out = out[0]
-        else:
-            model_out = combine_guidance(out[0], out[1], guidance_scale, out[2] if n == 3 else None, cfg_img)
-            if guidance_rescale > 0:
-                model_out = rescale_noise_cfg(model_out, out[0], guidance_rescale=guidance_rescale)
-        rescale = 1.0
-        if scale is not None:
-            rescale = float((scale[t_prev] if t_prev is not None else scale[0]) / scale[t])
-        noise = torch.randn(x.shape, generator=g).to(dev) if eta > 0 else None
-        x = ddim_step(x, model_out, a_t, a_prev, eta, pred_type, rescale, noise)
+    shape = (b, module.latent_channels, f, h, w)
+    if x_T is None:
+        x = torch.randn(shape, generator=g).to(dev)
+    else:
+        x = x_T.to(dev)
+        if tuple(x.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x.shape)}, expected {shape}")
+    if step_noise is None:
+        noise_fn = lambda i, s: torch.randn(tuple(s), generator=g).to(dev, x.dtype)  # noqa: E731
+    else:
+        noise_fn = lambda i, s: step_noise[i].to(dev, x.dtype)  # noqa: E731
+    x = ddim_sample(
+        model_fn,
+        x,
+        alphas_cumprod(sched_cfg),
+        ddim_timesteps(sched_cfg, num_inference_steps),
+        sched_cfg.prediction_type,
+        guidance_scale=guidance_scale,
+        cfg_img=cfg_img,
+        guidance_rescale=guidance_rescale,
+        eta=eta,
+        x0_scale=scale,
+        step_noise=noise_fn,
+    )
     if return_latents:
         return x
     return module.decode_latents(x)

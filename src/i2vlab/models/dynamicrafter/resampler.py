@@ -64,8 +64,9 @@ class Resampler(IPAdapterPlusImageProjection, ModelMixin, ConfigMixin):
 def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     """Images ``b c h w`` in [-1, 1] -> CLIP input: bicubic + antialias resize to ``size``, [0, 1],
     CLIP mean/std (as ``FrozenOpenCLIPImageEmbedderV2.preprocess``)."""
-    x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=True, antialias=True)
+    x = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True, antialias=True)
     x = (x + 1.0) / 2.0
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
