@@ -13,6 +13,9 @@ is imported or built; problems are printed as one paragraph naming the key (exit
 
 from __future__ import annotations
 
+import logging
+import math
+
 from i2vlab.utils.runtime import configure_threads
 
 configure_threads()  # before torch is imported (OMP_NUM_THREADS to override)
@@ -32,7 +35,14 @@ def main(cfg: DictConfig) -> float | None:
     from i2vlab.training import train
 
     metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric") or "", None)
+    value = metrics.get(cfg.get("optimized_metric") or "", None)
+    if value is not None and not math.isfinite(value):
+        # a NaN reported to the Optuna sweeper aborts the whole study; None makes it a failed trial
+        logging.getLogger("i2vlab.train").warning(
+            "%s is %s: reported as missing", cfg.optimized_metric, value
+        )
+        return None
+    return value
 
 
 if __name__ == "__main__":
