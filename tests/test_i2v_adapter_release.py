@@ -122,6 +122,8 @@ def test_release_converts_into_a_folder_the_backbone_loads_and_samples_as_offici
             "--set",
             "backbone=tiny_i2v_adapter",
             *TINY,
+            "--write-config",
+            f"paths.output_dir={tmp_path}",
         ]
     )
     report = json.loads((out / "conversion.json").read_text())
@@ -145,6 +147,13 @@ def test_release_converts_into_a_folder_the_backbone_loads_and_samples_as_offici
     official = load_fixture("i2v_adapter", "unet").group("official.")
     exported = to_official_unet_state_dict(m.unet.state_dict())
     assert set(exported) == set(official) and all(torch.equal(exported[k], official[k]) for k in official)
+    # the written config makes the folder a "run": exporting its whole UNet gives back the official files
+    back = tmp_path / "back.pth"
+    convert_i2v_adapter.main(
+        ["export", "--run", str(out / "i2v_adapter.safetensors"), "--full-unet", "--out", str(back)]
+    )
+    back = torch.load(back, weights_only=True)
+    assert set(back) == set(official) and all(torch.equal(back[k], official[k]) for k in official)
     # ... and samples as the official pipeline does (float32, Resampler from the IP-Adapter file)
     fx = load_fixture("i2v_adapter", "sampling_f32")
     out_latents = sample_i2v(
