@@ -268,13 +268,14 @@ def test_schedule_tables_match_official():
 # ----------------------------------------------------------------------------------------------
 # sampling end to end
 # ----------------------------------------------------------------------------------------------
-SAMPLERS = ["sampler_256", "sampler_256_multicond", "sampler_512", "sampler_1024_multicond"]
+SAMPLERS = ["sampler_256", "sampler_256_multicond", "sampler_512", "sampler_1024_multicond", "sampler_512_interp"]
 
 
 def run_sampler(name: str, m: DynamiCrafter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     fx = load_fixture(GROUP, name)
     call = fx.meta["call"]
-    m = m or module(call["style"])
+    interp = call.get("interp", False)
+    m = m or (module(call["style"], interp_mode=True, rand_cond_frame=False) if interp else module(call["style"]))
     n = call["lvdm_steps"]
     out = pipe.sample_dynamicrafter(
         m,
@@ -288,6 +289,7 @@ def run_sampler(name: str, m: DynamiCrafter | None = None) -> tuple[torch.Tensor
         multiple_cond_cfg=call["multicond"],
         cfg_img=call["cfg_img"],
         fs=call["fs"],
+        last_images=fx["in.last_images"].double() if interp else None,
         return_latents=True,
         x_T=fx["in.x_T"].double(),
         step_noise=[fx[f"in.noise.{i}"].double() for i in range(n)],
@@ -317,3 +319,60 @@ def test_sampler_guard_last_step_rescale(monkeypatch):
     monkeypatch.setattr(pipe, "ddim_step", old_step)
     out, ref = run_sampler(name)
     assert rel_err(out, ref) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# training loss
+# ----------------------------------------------------------------------------------------------
+LOSSES = ["loss_256", "loss_512", "loss_interp"]
+
+
+def run_loss(name: str, monkeypatch) -> tuple[dict, object]:
+    """Our ``compute_loss`` on the fixture's batch with the official run's draws: the dropout numbers
+    and conditioning frame through :meth:`DynamiCrafter.conditioning_draws`, the timesteps as the
+    ``timesteps`` argument, the noise served to the core's ``torch.randn`` call."""
+    fx = load_fixture(GROUP, name)
+    call = fx.meta["call"]
+    m = module(call["style"], torch.float32, call["scale_factor"], **call["overrides"])
+    video = fx["in.video"].float().permute(0, 2, 1, 3, 4)  # official b c t h w -> ours b f c h w
+    b = video.shape[0]
+    idx = torch.full((b,), call["cond_frame"] or 0, dtype=torch.long)  # official: one frame per batch
+    monkeypatch.setattr(m, "conditioning_draws", lambda b_, f_, g_, train: (fx["in.r"], idx))
+    noise, randn = fx["in.noise"].float(), torch.randn
+
+    def served_randn(*args, **kwargs):
+        if kwargs.get("generator") is not None and tuple(args[0]) == tuple(noise.shape):
+            return noise.clone()
+        return randn(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", served_randn)
+    seen = {}
+    denoise = m.denoise
+
+    def spy(noisy, t, cond):
+        seen.update(noisy=noisy, t=t, cond=cond, pred=denoise(noisy, t, cond))
+        return seen["pred"]
+
+    monkeypatch.setattr(m, "denoise", spy)
+    batch = {
+        "video": video,
+        "caption": list(call["captions"]),
+        "fps": fx["in.fps"],
+        "frame_stride": fx["in.frame_stride"],
+    }
+    with torch.no_grad():
+        loss, _ = m.compute_loss(batch, torch.Generator().manual_seed(0), timesteps=fx["in.t"], train=True)
+    seen["loss"] = loss
+    return seen, fx
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_training_loss_matches_official(name, monkeypatch):
+    seen, fx = run_loss(name, monkeypatch)
+    assert torch.equal(seen["t"], fx["in.t"])
+    assert torch.equal(seen["cond"]["fs"], fx["out.fs"])
+    assert_rel_close(seen["cond"]["context"], fx["out.context"], what="context (text / image dropout)")
+    assert_rel_close(seen["cond"]["concat"], fx["out.concat"], what="concat latent")
+    assert_rel_close(seen["noisy"], fx["out.x_noisy"], what="noisy latents (dynamic rescale)")
+    assert_rel_close(seen["pred"], fx["out.model_output"], what="model output")
+    assert_rel_close(seen["loss"].mean().reshape(1), fx["out.loss"], what="loss")

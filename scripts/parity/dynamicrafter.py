@@ -38,7 +38,8 @@ writes ``tests/fixtures/parity/dynamicrafter/`` (``--out`` to change), about 2.5
   ``sampler_256`` (eps, uniform, CFG 7.5, 10 steps), ``sampler_256_multicond`` (s_txt 7.5, s_img 3,
   16 steps = 17 LVDM steps, as 16 does not divide 1000), ``sampler_512`` (v, zero-terminal SNR, uniform_trailing, guidance rescale
   0.7, dynamic rescale 0.7, 10 steps), ``sampler_1024_multicond`` (as 512 with base_scale 0.3, s_img 2,
-  16 steps). The initial noise and every step's noise (LVDM draws them from the global RNG with
+  16 steps), ``sampler_512_interp`` (512 with ``interp``: start and end keyframes, 10 steps). The
+  initial noise and every step's noise (LVDM draws them from the global RNG with
   ``torch.randn`` / ``noise_like``) are drawn beforehand, served to the official code in its order and
   stored, so our sampler can be fed the same.
 - ``loss_*`` (float32, the official code as it runs): ``LatentVisualDiffusion.shared_step`` on a batch
@@ -460,6 +461,9 @@ SAMPLERS = {
     "sampler_1024_multicond": dict(
         style="1024", steps=16, guidance=7.5, cfg_img=2.0, multicond=True, rescale=0.7, fs=10
     ),
+    "sampler_512_interp": dict(
+        style="512", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.7, fs=5, interp=True
+    ),
 }
 PROMPTS = ["a red circle moves right", "waves"]
 
@@ -472,10 +476,16 @@ def make_sampler(O, name: str, spec: dict) -> tuple[dict, dict]:
     n_steps = len(O.make_ddim_timesteps(spacing, spec["steps"], 1000, verbose=False))
     b, f, h = len(PROMPTS), F_SAMPLE, HW // 2
     seed = 4000 + 100 * list(SAMPLERS).index(name)
+    interp = spec.get("interp", False)
     images = seeded((b, 3, HW, HW), seed, 0.5).clamp(-1, 1)
     x_T = seeded((b, 4, f, h, h), seed + 1)
     noise = [seeded((b, 4, f, h, h), seed + 2 + i) for i in range(n_steps)]
     videos = images[:, :, None].repeat(1, 1, f, 1, 1)
+    extra = {}
+    if interp:  # as inference.py: the start image on the first half of the frames, the end image after
+        last = seeded((b, 3, HW, HW), seed + 99, 0.5).clamp(-1, 1)
+        videos[:, :, f // 2 :] = last[:, :, None]
+        extra["in.last_images"] = last.half()
     seen = []
     decode = model.decode_first_stage
     model.decode_first_stage = lambda z, **kw: seen.append(z.clone()) or decode(z, **kw)
@@ -493,6 +503,7 @@ def make_sampler(O, name: str, spec: dict) -> tuple[dict, dict]:
             fs=spec["fs"],
             text_input=True,
             multiple_cond_cfg=spec["multicond"],
+            interp=interp,
             timestep_spacing=spacing,
             guidance_rescale=spec["rescale"],
         )
@@ -502,6 +513,7 @@ def make_sampler(O, name: str, spec: dict) -> tuple[dict, dict]:
         "in.x_T": x_T.half(),
         **{f"in.noise.{i}": n.half() for i, n in enumerate(noise)},
         "out.latents": latents,
+        **extra,
     }
     return tensors, {"call": {**spec, "prompts": PROMPTS, "frames": f, "eta": 1.0, "spacing": spacing, "lvdm_steps": n_steps}}
 
