@@ -8,11 +8,14 @@ DDIM samplers (``lvdm/models/samplers/ddim.py``, ``ddim_multiplecond.py``), ``La
 (``lvdm/models/ddpm3d.py``) and ``image_guided_synthesis`` (``scripts/evaluation/inference.py``) import
 on this project's stack as they are; ``xformers`` is absent (the code falls back to its plain
 attention), ``open_clip`` / ``kornia`` are never imported (the encoders are stand-ins, below). Extra
-packages: none (``opencv-python``, ``omegaconf``, ``pytorch_lightning`` come with the project).
+packages: ``kornia`` for the ``clip_preprocess`` fixture only (the official CLIP preprocessing
+resizes with it; made with 0.7.0: ``pip install --no-deps --target DIR kornia==0.7.0`` and
+``PYTHONPATH=DIR``); ``opencv-python``, ``omegaconf``, ``pytorch_lightning`` come with the project.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python scripts/parity/dynamicrafter.py --official /path/to/DynamiCrafter
+    OMP_NUM_THREADS=1 PYTHONPATH=/path/to/kornia-0.7.0 \
+        python scripts/parity/dynamicrafter.py --official /path/to/DynamiCrafter [--only NAME ...]
 
 writes ``tests/fixtures/parity/dynamicrafter/`` (``--out`` to change), about 2.5 MB:
 
@@ -30,6 +33,10 @@ writes ``tests/fixtures/parity/dynamicrafter/`` (``--out`` to change), about 2.5
   and fs given; 8 frames with per-frame tokens and fs None (``default_fs``; 256) or with 256 image
   tokens that do not match 8 x 16, so every frame sees the whole context (512).
 - ``resampler`` (float64): the Resampler on CLIP-like tokens.
+- ``clip_preprocess`` (float64): ``FrozenOpenCLIPImageEmbedderV2.preprocess`` (kornia bicubic resize
+  to 224 with its Gaussian antialias, CLIP mean / std) of seeded images of 256 x 256, 320 x 512
+  (shrink), 160 x 160 (enlarge), 100 x 300; the inputs are rebuilt from their seeds (digests
+  stored), the outputs stored at every 8th pixel plus the 2 outermost rows / columns.
 - ``schedule``: LVDM's DDIM timesteps (``make_ddim_timesteps``, uniform and uniform_trailing, 10 / 16 /
   25 / 30 / 50 steps), cumulative alphas (with and without zero-terminal SNR) and dynamic-rescale
   tables (0.7, 0.3), in float64 as LVDM computes them before storing float32 buffers.
@@ -311,9 +318,9 @@ class StandInImage(nn.Module):
             self.patch.bias.copy_(seeded(self.patch.bias.shape, 7004, 0.1))
 
     def forward(self, img):
-        x = (img + 1.0) / 2.0
-        mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (img + 1.0) / 2.0  # the official preprocess without its resize, float32 mean / std buffers
+        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).to(x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, dtype=torch.float32).to(x.dtype).view(1, 3, 1, 1)
         x = self.patch((x - mean) / std).flatten(2).transpose(1, 2)
         cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)
         return torch.cat([cls, x], dim=1)
@@ -452,6 +459,49 @@ def make_schedule(O) -> tuple[dict, dict]:
             m = build_official_model(O, "512" if base == 0.7 else "1024", WEIGHTS, 1.0)
         tensors[f"scale_arr.{base}"] = m.scale_arr.clone()
     return tensors, {"note": "uniform at 3 steps indexes t = 1000 (the official sampler fails there)"}
+
+
+PREPROCESS_SIZES = [(256, 256), (320, 512), (160, 160), (100, 300)]
+
+
+def preprocess_input(hw: tuple[int, int], seed: int) -> torch.Tensor:
+    """The preprocessing test images (too large to store): seeded uniform [-1, 1], float16-exact."""
+    g = torch.Generator().manual_seed(seed)
+    return f16(torch.rand((1, 3, *hw), generator=g, dtype=torch.float64) * 2 - 1)
+
+
+def preprocess_sample(x: torch.Tensor) -> torch.Tensor:
+    """What is stored of a 224 x 224 preprocessed image: every 8th pixel, and the 2 outermost rows
+    and columns (where the blur's reflect padding acts), concatenated."""
+    parts = [x[..., ::8, ::8], x[..., :2, :], x[..., -2:, :], x[..., :2], x[..., -2:]]
+    return torch.cat([p.flatten() for p in parts])
+
+
+def make_clip_preprocess(root: Path) -> tuple[dict, dict]:
+    """``FrozenOpenCLIPImageEmbedderV2.preprocess`` (kornia resize to 224 with antialias, CLIP mean /
+    std) on seeded images, float64. Needs kornia importable (e.g. ``pip install --no-deps --target
+    DIR kornia==0.7.0`` and ``PYTHONPATH=DIR``); ``open_clip`` is only imported, never used (stub)."""
+    sys.modules.setdefault("open_clip", types.ModuleType("open_clip"))
+    try:
+        import kornia
+    except ImportError as e:
+        raise SystemExit(
+            "the clip_preprocess fixture needs kornia: pip install --no-deps --target DIR kornia==0.7.0, "
+            "then PYTHONPATH=DIR (or skip it with --only ...)"
+        ) from e
+    with on_path(root):
+        from lvdm.modules.encoders.condition import FrozenOpenCLIPImageEmbedderV2
+    me = types.SimpleNamespace(
+        antialias=True, mean=torch.Tensor(list(CLIP_MEAN)), std=torch.Tensor(list(CLIP_STD))
+    )  # the attributes __init__ sets (without loading OpenCLIP)
+    tensors, digests = {}, {}
+    for i, hw in enumerate(PREPROCESS_SIZES):
+        x = preprocess_input(hw, 6000 + i)
+        digests[f"{hw[0]}x{hw[1]}"] = state_dict_digest({"x": x})
+        out = FrozenOpenCLIPImageEmbedderV2.preprocess(me, x)
+        assert out.dtype == torch.float64 and out.shape[-2:] == (224, 224)
+        tensors[f"out.{hw[0]}x{hw[1]}"] = preprocess_sample(out)
+    return tensors, {"sizes": PREPROCESS_SIZES, "input_seeds": [6000 + i for i in range(len(PREPROCESS_SIZES))], "input_digests": digests, "kornia": kornia.__version__}
 
 
 SAMPLERS = {
@@ -646,6 +696,9 @@ def main(argv: list[str] | None = None) -> None:
     write("resampler", t, "resampler.Resampler.forward in float64", m)
     t, m = make_schedule(O)
     write("schedule", t, "make_ddim_timesteps, make_beta_schedule + rescale_zero_terminal_snr, scale_arr", m)
+    if want is None or "clip_preprocess" in want:
+        t, m = make_clip_preprocess(root)
+        write("clip_preprocess", t, "condition.py FrozenOpenCLIPImageEmbedderV2.preprocess in float64", m)
     for name, spec in SAMPLERS.items():
         if want is None or name in want:
             t, m = make_sampler(O, name, spec)

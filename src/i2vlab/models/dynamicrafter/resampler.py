@@ -61,12 +61,42 @@ class Resampler(IPAdapterPlusImageProjection, ModelMixin, ConfigMixin):
         return int(self.config.num_queries)
 
 
+def _gaussian_kernel1d(size: int, sigma: torch.Tensor) -> torch.Tensor:
+    x = torch.arange(size, dtype=sigma.dtype, device=sigma.device) - size // 2
+    g = torch.exp(-x.pow(2.0) / (2 * sigma.pow(2.0)))
+    return g / g.sum()
+
+
+def lvdm_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``b c h w`` as LVDM's CLIP preprocessing does (``kornia.geometry.resize(x, size,
+    interpolation="bicubic", align_corners=True, antialias=True)``): when shrinking, a separable
+    Gaussian blur (sigma = (factor - 1) / 2 per axis, at least 0.001; kernel ``int(max(4 sigma, 3))``
+    made odd; reflect padding) and then plain bicubic interpolation (a = -0.75) with aligned corners.
+    torch's own ``antialias=True`` filter is another one (Pillow's, bicubic a = -0.5): 7-20 % apart."""
+    h, w = images.shape[-2:]
+    size = (int(size[0]), int(size[1]))
+    if (h, w) == size:
+        return images
+    factors = (h / size[0], w / size[1])
+    x = images
+    if max(factors) > 1:
+        sig = [torch.tensor(max((f - 1.0) / 2.0, 0.001), dtype=x.dtype, device=x.device) for f in factors]
+        ks = [int(max(4.0 * float(s), 3)) for s in sig]
+        ks = [k + 1 if k % 2 == 0 else k for k in ks]
+        c = x.shape[1]
+        kx = _gaussian_kernel1d(ks[1], sig[1]).view(1, 1, 1, -1).expand(c, 1, 1, -1)
+        ky = _gaussian_kernel1d(ks[0], sig[0]).view(1, 1, -1, 1).expand(c, 1, -1, 1)
+        x = F.conv2d(F.pad(x, (ks[1] // 2, ks[1] // 2, 0, 0), mode="reflect"), kx, groups=c)
+        x = F.conv2d(F.pad(x, (0, 0, ks[0] // 2, ks[0] // 2), mode="reflect"), ky, groups=c)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
+
+
 def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """Images ``b c h w`` in [-1, 1] -> CLIP input: bicubic + antialias resize to ``size``, [0, 1],
-    CLIP mean/std (as ``FrozenOpenCLIPImageEmbedderV2.preprocess``)."""
+    """Images ``b c h w`` in [-1, 1] -> CLIP input, as ``FrozenOpenCLIPImageEmbedderV2.preprocess``:
+    :func:`lvdm_resize` to ``size``, [0, 1], CLIP mean / std (LVDM's float32 constants)."""
     x = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
-    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True, antialias=True)
+    x = lvdm_resize(x, (size, size))
     x = (x + 1.0) / 2.0
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).to(x.device, x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).to(x.device, x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
