@@ -193,3 +193,73 @@ def test_raft_and_lpips_load_local_weights(tmp_path):
     assert torch.equal(lp.model.net.slice1._modules["0"].weight, feats["features.0.weight"])
     assert torch.equal(lp.model.net.slice5._modules["10"].weight, feats["features.10.weight"])
     assert lp(a, a).abs().max() < 1e-6 and lp(a, b).min() > 0
+
+
+def test_i3d_bn_eps_follows_weights_origin_and_is_in_the_cache_key(tmp_path):
+    auto = build_extractor("i3d", allow_random_weights=True, **TINY_EXTRACTORS["i3d"])
+    tf = build_extractor("i3d", allow_random_weights=True, bn_eps=1e-3, **TINY_EXTRACTORS["i3d"])
+    assert auto.net.Mixed_3b.b1b.bn.eps == 1e-5 and tf.net.Conv3d_1a_7x7.bn.eps == 1e-3
+    assert auto.settings()["bn_eps"] == 1e-5 and auto.signature() != tf.signature()
+    ck = tmp_path / "i3d.pt"
+    torch.save(auto.net.state_dict(), ck)  # a TATS-layout state dict: eps 1e-5 by default
+    assert build_extractor("i3d", weights_path=str(ck), **TINY_EXTRACTORS["i3d"]).bn_eps == 1e-5
+    with pytest.raises(ValueError, match="bn_eps"):
+        build_extractor("i3d", allow_random_weights=True, bn_eps=-1, **TINY_EXTRACTORS["i3d"])
+
+
+def test_evalcrafter_compat_flags_reach_the_metrics_and_the_cache_key(tmp_path, dis):
+    from eval_helpers import eval_cfg
+
+    from i2vlab.evaluation import Evaluator
+
+    base = eval_cfg(tmp_path, metrics=["flow_score", "warping_error"], resolution=[30, 34])
+    ev = Evaluator(base)
+    on = Evaluator(
+        {
+            **base,
+            "flow_score": {"evalcrafter_compat": {"pad_no_crop": True}},
+            "warping_error": {"evalcrafter_compat": {"pad_no_crop": True, "double_rescale": True}},
+        }
+    )
+    assert ev.metrics["warping_error"].compat == {"pad_no_crop": False, "double_rescale": False}
+    assert on.metrics["warping_error"].compat == {"pad_no_crop": True, "double_rescale": True}
+    assert on.metrics["flow_score"].compat == {"pad_no_crop": True}
+    assert ev._sig("flow") != on._sig("flow")
+    with pytest.raises(ValueError, match="evalcrafter_compat: unknown"):
+        Evaluator({**base, "warping_error": {"evalcrafter_compat": {"crop": True}}})
+    v = moving_video(3, 30, 34, dx=1)  # not a multiple of 8: the padding matters
+    for flags in ({"pad_no_crop": True}, {"double_rescale": True}):
+        assert not torch.allclose(Fm.warping_errors(v, dis, **flags), Fm.warping_errors(v, dis))
+    assert not torch.allclose(Fm.flow_magnitudes(v, dis, pad_no_crop=True), Fm.flow_magnitudes(v, dis))
+
+
+def test_princeton_raft_keys_convert_to_torchvision(tmp_path):
+    """princeton-vl key names (DataParallel 'module.' prefix, the duplicated norm3 = downsample.1 entry)
+    load into torchvision's raft_large; a corrupted duplicate is refused."""
+    from torchvision.models.optical_flow import raft_large
+
+    from i2vlab.metrics.extractors.flow import convert_princeton_raft, is_princeton_raft
+
+    sd = {
+        "module.fnet.conv1.weight": torch.ones(1),
+        "module.cnet.norm1.running_var": torch.ones(1),
+        "module.cnet.layer2.0.norm3.weight": torch.full((2,), 2.0),
+        "module.cnet.layer2.0.downsample.1.weight": torch.full((2,), 2.0),
+        "module.cnet.layer2.0.conv2.bias": torch.ones(1),
+        "module.update_block.encoder.convc2.weight": torch.ones(1),
+        "module.update_block.gru.convq2.bias": torch.ones(1),
+        "module.update_block.mask.2.weight": torch.ones(1),
+    }
+    assert is_princeton_raft(sd) and not is_princeton_raft(raft_large(weights=None).state_dict())
+    assert set(convert_princeton_raft(sd)) == {
+        "feature_encoder.convnormrelu.0.weight",
+        "context_encoder.convnormrelu.1.running_var",
+        "context_encoder.layer2.0.downsample.1.weight",
+        "context_encoder.layer2.0.convnormrelu2.0.bias",
+        "update_block.motion_encoder.convcorr2.0.weight",
+        "update_block.recurrent_block.convgru2.convq.bias",
+        "mask_predictor.conv.weight",
+    }
+    sd["module.cnet.layer2.0.norm3.weight"] = torch.zeros(2)
+    with pytest.raises(ValueError, match="differs"):
+        convert_princeton_raft(sd)

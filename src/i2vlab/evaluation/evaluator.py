@@ -80,10 +80,11 @@ DEFAULTS: dict = {
     "fid": {"ddof": 1},
     "kvd": {"num_subsets": 100, "subset_size": 1000, "scale": 1.0, "seed": 0},
     "clip_text": {"scale": 1.0},
-    "warping_error": {"downsample": 0.5},
+    "flow_score": {"evalcrafter_compat": {"pad_no_crop": False}},
+    "warping_error": {"downsample": 0.5, "evalcrafter_compat": {"pad_no_crop": False, "double_rescale": False}},
     "dover": {"score": "technical_raw", "rescale": "evalcrafter"},
     "extractors": {
-        "i3d": {"weights_path": None, "input_size": 224, "resize_mode": "squash", "width": 1.0},
+        "i3d": {"weights_path": None, "input_size": 224, "resize_mode": "squash", "width": 1.0, "bn_eps": "auto"},
         "inception": {"weights_path": None, "input_size": 299, "resize_mode": "tf1_squash"},
         "clip": {"weights_path": None, "convention": "standard", "tiny": None},
         "dreamsim": {"weights_path": None, "dreamsim_type": "ensemble", "tiny": None},
@@ -269,8 +270,9 @@ class Evaluator:
             "clip_first_frame": M.CLIPFirstFrameConsistency,
             "clip_image": M.CLIPImageFrameSimilarity,
             "clip_text": lambda: M.CLIPTextSimilarity(scale=c["clip_text"]["scale"]),
-            "flow_score": M.FlowScore,
-            "warping_error": M.WarpingError,
+            "flow_score": lambda: M.FlowScore(evalcrafter_compat=c["flow_score"]["evalcrafter_compat"]),
+            "warping_error": lambda: M.WarpingError(downsample=c["warping_error"]["downsample"],
+                                                    evalcrafter_compat=c["warping_error"]["evalcrafter_compat"]),
             "lpips": M.VideoLPIPS,
             "psnr": M.VideoPSNR,
             "ssim": M.VideoSSIM,
@@ -433,6 +435,8 @@ class Evaluator:
             extra = (
                 f"{c['warping_error']['downsample']}-{'fs' if 'flow_score' in self.metric_names else ''}"
                 f"{'we' if 'warping_error' in self.metric_names else ''}"
+                f"-{sorted(c['flow_score']['evalcrafter_compat'].items())}"
+                f"-{sorted(c['warping_error']['evalcrafter_compat'].items())}"
             )
             return f"{self.extractors['flow'].signature()}-{extra}"
         if group == "paired":
@@ -485,7 +489,13 @@ class Evaluator:
             if img is not None:
                 d["image"] = Fm.clip_image_frames(img, fr).float()
             if s.get("prompt") and temb is not None:
-                d["text"] = Fm.cosine(temb[ti][None], fr).float()
+                # EvalCrafter's CLIP-SIM resizes its frames differently (evalcrafter_raw): own embeddings
+                ft = (
+                    ex.embed_images(s["video"].to(self.device), for_text=True).cpu()
+                    if ex.text_frames_differ
+                    else fr
+                )
+                d["text"] = Fm.cosine(temb[ti][None], ft).float()
                 ti += 1
             out.append(d)
         return out
@@ -498,9 +508,11 @@ class Evaluator:
             v = s["video"].to(self.device)
             d = {}
             if "flow_score" in self.metric_names:
-                d["flow"] = Fm.flow_magnitudes(v, fl).float()
+                d["flow"] = Fm.flow_magnitudes(v, fl, **self.metrics["flow_score"].compat).float()
             if "warping_error" in self.metric_names:
-                d["warp"] = Fm.warping_errors(v, fl, downsample=ds).float()
+                d["warp"] = Fm.warping_errors(
+                    v, fl, downsample=ds, **self.metrics["warping_error"].compat
+                ).float()
             out.append(d)
         return out
 

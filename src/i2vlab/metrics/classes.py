@@ -213,24 +213,56 @@ class CLIPTextSimilarity(_CLIPVideoMean):
     def per_video(self, prompts, videos):
         t = self.extractor.embed_text(list(prompts))
         return torch.stack(
-            [Fm.cosine(t[i][None], self._embed(v)).mean() * self.scale for i, v in enumerate(videos)]
+            [
+                Fm.cosine(t[i][None], self.extractor.embed_images(v, for_text=True)).mean() * self.scale
+                for i, v in enumerate(videos)
+            ]
         )
 
 
+def _compat_flags(name: str, flags: dict | None, defaults: dict) -> dict:
+    """``eval.<name>.evalcrafter_compat`` merged over ``defaults``; unknown keys fail early."""
+    flags = dict(flags or {})
+    unknown = sorted(set(flags) - set(defaults))
+    if unknown:
+        raise ValueError(f"eval.{name}.evalcrafter_compat: unknown {unknown}; known {sorted(defaults)}")
+    return {k: bool(flags.get(k, v)) for k, v in defaults.items()}
+
+
 class FlowScore(PerVideoMean):
-    """EvalCrafter FlowScore: mean over adjacent pairs of the mean flow magnitude (native pixels)."""
+    """EvalCrafter FlowScore: mean over adjacent pairs of the mean flow magnitude (native pixels).
+
+    ``evalcrafter_compat``: ``{"pad_no_crop": bool}`` (see :func:`functional.flow_magnitudes`)."""
+
+    def __init__(self, extractor=None, evalcrafter_compat: dict | None = None, **kwargs):
+        super().__init__(extractor, **kwargs)
+        self.compat = _compat_flags("flow_score", evalcrafter_compat, {"pad_no_crop": False})
 
     def per_video(self, videos):
-        return torch.stack([Fm.flow_magnitudes(v, self.extractor).mean() for v in videos])
+        return torch.stack([Fm.flow_magnitudes(v, self.extractor, **self.compat).mean() for v in videos])
 
 
 class WarpingError(PerVideoMean):
-    """EvalCrafter warping error (lower is better), frames in [0, 1] at half resolution."""
+    """EvalCrafter warping error (lower is better), frames in [0, 1] at ``downsample`` resolution.
+
+    ``evalcrafter_compat``: ``{"pad_no_crop": bool, "double_rescale": bool}`` (see
+    :func:`functional.warping_errors`)."""
 
     higher_is_better = False
 
+    def __init__(
+        self, extractor=None, downsample: float = 0.5, evalcrafter_compat: dict | None = None, **kwargs
+    ):
+        super().__init__(extractor, **kwargs)
+        self.downsample = float(downsample)
+        self.compat = _compat_flags(
+            "warping_error", evalcrafter_compat, {"pad_no_crop": False, "double_rescale": False}
+        )
+
     def per_video(self, videos):
-        return torch.stack([Fm.warping_errors(v, self.extractor).mean() for v in videos])
+        return torch.stack(
+            [Fm.warping_errors(v, self.extractor, self.downsample, **self.compat).mean() for v in videos]
+        )
 
 
 class VideoLPIPS(PerVideoMean):

@@ -45,9 +45,28 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def flow_magnitudes(video: torch.Tensor, flow_fn, batch_pairs: int = 64) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Replicate-pad ``n c h w`` so H and W are multiples of ``multiple``, split as RAFT's
+    ``InputPadder`` (mode ``sintel``: ``pad // 2`` before, the rest after)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+
+
+def flow_magnitudes(
+    video: torch.Tensor, flow_fn, batch_pairs: int = 64, pad_no_crop: bool = False
+) -> torch.Tensor:
     """FlowScore terms: mean over pixels of ||flow(f_t -> f_{t+1})||₂ at the given resolution.
-    ``video``: ``f c h w`` in [-1, 1] -> ``f-1`` (pixels)."""
+    ``video``: ``f c h w`` in [-1, 1] -> ``f-1`` (pixels).
+
+    ``pad_no_crop`` (EvalCrafter compatibility): the frames are replicate-padded to a multiple of 8
+    (``InputPadder``) and the mean is taken over the padded flow field, as EvalCrafter's
+    ``calculate_flow_score`` does (it never removes the padding). Off by default: the mean over the
+    frame's own pixels."""
+    if pad_no_crop:
+        video = pad_to_multiple(video.float(), 8)
     out = []
     for s in range(0, video.shape[0] - 1, batch_pairs):
         a, b = video[s : s + batch_pairs], video[s + 1 : s + 1 + batch_pairs]
@@ -72,20 +91,41 @@ def occlusion_mask(fw: torch.Tensor, bw_warped: torch.Tensor) -> torch.Tensor:
 
 
 def warping_errors(
-    video: torch.Tensor, flow_fn, downsample: float = 0.5, batch_pairs: int = 64
+    video: torch.Tensor,
+    flow_fn,
+    downsample: float = 0.5,
+    batch_pairs: int = 64,
+    pad_no_crop: bool = False,
+    double_rescale: bool = False,
 ) -> torch.Tensor:
     """EvalCrafter warping error per adjacent pair: frames in [0, 1], downsampled by ``downsample``
     (bilinear), W = I₂ warped by the forward flow, error = Σ_{c,x} noc (W - I₁)² / Σ_x noc (or / numel
-    when nothing is visible). ``video``: ``f c h w`` in [-1, 1] -> ``f-1``."""
+    when nothing is visible). ``video``: ``f c h w`` in [-1, 1] -> ``f-1``.
+
+    EvalCrafter compatibility flags (off by default; the defaults are the formula as written):
+
+    - ``double_rescale``: EvalCrafter's ``compute_video_warping_error`` divides the frames by 255
+      before RAFT, whose ``forward`` divides by 255 again, so the flow network sees
+      ``2 (x / 255) - 1`` for x in [0, 1] (near-black frames in [-1, -0.992]) and its flows are those
+      of almost constant images. The warping and the error still use x in [0, 1].
+    - ``pad_no_crop``: the downsampled frames are replicate-padded to a multiple of 8 (``InputPadder``)
+      and flows, warp, occlusion mask and error are all computed on the padded frames (EvalCrafter
+      never crops the padding back)."""
     x = (video.float().clamp(-1, 1) + 1) / 2
     if downsample != 1:
         x = F.interpolate(x, scale_factor=downsample, mode="bilinear", align_corners=False)
+    if pad_no_crop:
+        x = pad_to_multiple(x, 8)
+
+    def net_input(i):
+        return i / 255.0 * 2 - 1 if double_rescale else i * 2 - 1
+
     out = []
     for s in range(0, x.shape[0] - 1, batch_pairs):
         i1, i2 = x[s : s + batch_pairs], x[s + 1 : s + 1 + batch_pairs]
         i1 = i1[: i2.shape[0]]
-        fw = flow_fn(i1 * 2 - 1, i2 * 2 - 1).to(x.device).double()
-        bw = flow_fn(i2 * 2 - 1, i1 * 2 - 1).to(x.device).double()
+        fw = flow_fn(net_input(i1), net_input(i2)).to(x.device).double()
+        bw = flow_fn(net_input(i2), net_input(i1)).to(x.device).double()
         i1d, i2d = i1.double(), i2.double()
         warped = warp(i2d, fw)
         bw_w = warp(bw, fw)

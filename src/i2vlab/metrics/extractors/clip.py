@@ -4,8 +4,19 @@ image-frame similarity and CLIP-SIM (text-video).
 ``convention``:
 - ``standard``: bicubic resize of the short side to the model's image size, centre crop, [0, 1],
   CLIP mean/std (what the HF processor does);
-- ``evalcrafter_raw``: EvalCrafter's quirk, kept to match published numbers: ``Resize([224, 224])``
-  on raw float 0-255 pixels, no /255 and no mean/std (METRICS.md §6).
+- ``evalcrafter_raw``: EvalCrafter's quirk, kept to match published numbers (METRICS.md §6): raw 0-255
+  pixels, no /255 and no mean/std, squashed to 224x224 without keeping the aspect ratio, resized as
+  EvalCrafter's two code paths do (its ``environment.yml`` pins torchvision 0.15.2):
+
+  - CLIPTemp, first-frame consistency, image-frame similarity (``calculate_clip_temp_score``,
+    ``calculate_face_consistency_score``): ``transforms.Resize([224, 224])`` on the float tensor, which
+    in torchvision 0.15.2 is bilinear **without antialiasing** (``antialias=None`` meant no antialias
+    for tensors; 0.17+ antialias by default);
+  - CLIP-SIM / text similarity (``calculate_clip_score``): ``cv2.resize(frame, (224, 224))``
+    (INTER_LINEAR, no antialias) on the uint8 RGB frame, so the resized frame is uint8 again.
+
+  Frames at 224x224 are the same in both paths; larger frames (I2V-Adapter's native-resolution
+  evaluation) differ from an antialiased resize by several percent in the cosine terms.
 """
 
 from __future__ import annotations
@@ -80,22 +91,44 @@ class CLIPExtractor(Extractor):
             self.tokenizer = ByteTokenizer(txt["vocab_size"], cfg.text_config.max_position_embeddings)
             self._hf_tokenizer = False
         self.image_size = int(self.model.config.vision_config.image_size)
+        # EvalCrafter resizes the frames of CLIP-SIM (text) differently from CLIPTemp's (see module doc)
+        self.text_frames_differ = convention == "evalcrafter_raw"
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
 
     def settings(self) -> dict:
+        if self.convention == "evalcrafter_raw":
+            resize = {
+                "frames": "squash bilinear, no antialias, float 0-255 (torchvision 0.15.2 Resize)",
+                "text_frames": "squash cv2.resize INTER_LINEAR on uint8",
+            }
+        else:
+            resize = "bicubic antialias short side + centre crop, [0,1], CLIP mean/std"
         return {
             "convention": self.convention,
             "image_size": self.image_size,
+            "resize": resize,
             "tokenizer": "hf" if self._hf_tokenizer else "byte-stand-in(random smoke only)",
         }
 
-    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+    def _prep_evalcrafter(self, images: torch.Tensor, for_text: bool) -> torch.Tensor:
+        s = self.image_size
+        u8 = ((images.float().clamp(-1, 1) + 1) * 127.5).round()  # the decoded uint8 values
+        if not for_text:
+            if tuple(u8.shape[-2:]) == (s, s):
+                return u8
+            return F.interpolate(u8, size=(s, s), mode="bilinear", align_corners=False, antialias=False)
+        import cv2
+
+        frames = u8.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = [torch.from_numpy(cv2.resize(f, (s, s))) for f in frames]  # INTER_LINEAR, uint8 -> uint8
+        return torch.stack(out).permute(0, 3, 1, 2).float().to(images.device)
+
+    def _prep(self, images: torch.Tensor, for_text: bool = False) -> torch.Tensor:
         s = self.image_size
         if self.convention == "evalcrafter_raw":
-            x = (images.float().clamp(-1, 1) + 1) * 127.5
-            return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            return self._prep_evalcrafter(images, for_text)
         x = (images.float().clamp(-1, 1) + 1) / 2
         h, w = x.shape[-2:]
         r = s / min(h, w)
@@ -110,9 +143,12 @@ class CLIPExtractor(Extractor):
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``n c h w`` in [-1, 1] -> ``n d`` projected image embeddings (not normalised)."""
-        x = self._prep(images.to(self.mean.device))
+    def embed_images(self, images: torch.Tensor, for_text: bool = False) -> torch.Tensor:
+        """``n c h w`` in [-1, 1] -> ``n d`` projected image embeddings (not normalised).
+
+        ``for_text``: frames for a text similarity (CLIP-SIM); with ``evalcrafter_raw`` they are resized
+        as EvalCrafter's ``calculate_clip_score`` does (``text_frames_differ``), otherwise the same."""
+        x = self._prep(images.to(self.mean.device), for_text=for_text)
         return self._as_tensor(self.model.get_image_features(pixel_values=x)).float()
 
     @torch.no_grad()

@@ -1,9 +1,10 @@
 """Optical flow for FlowScore and warping error.
 
 - ``opencv`` (default, no weights): OpenCV DIS (preset medium) or Farneback on grey uint8 frames.
-- ``raft``: torchvision RAFT (``raft_large`` / ``raft_small``) with a local state dict. Note that
-  torchvision's published RAFT weights are not the princeton-vl ``raft-things`` weights EvalCrafter
-  uses (convert those to torchvision's layout to match published numbers).
+- ``raft``: torchvision RAFT (``raft_large`` / ``raft_small``) with a local state dict: torchvision's
+  own, or princeton-vl's (``raft-things.pth``, the weights EvalCrafter and VBench use; their
+  ``module.fnet.conv1.weight``-style keys are converted on load by :func:`convert_princeton_raft`).
+  torchvision's published RAFT weights are not the ``raft-things`` weights.
 
 Interface: ``flow(a, b)`` with ``a, b`` = ``n c h w`` in [-1, 1] -> ``n 2 h w`` flow a->b in pixels
 (x, y): a(p) ≈ b(p + flow(p)).
@@ -75,6 +76,61 @@ class OpenCVFlow(Extractor):
         return torch.stack(out).float().to(a.device)
 
 
+_PRINCETON_RULES = [
+    # (pattern, replacement) on princeton-vl/RAFT core names (after stripping "module.")
+    (r"^fnet\.", "feature_encoder."),
+    (r"^cnet\.", "context_encoder."),
+    (r"^(feature_encoder|context_encoder)\.conv1\.", r"\1.convnormrelu.0."),
+    (r"^(feature_encoder|context_encoder)\.norm1\.", r"\1.convnormrelu.1."),
+    (r"^(feature_encoder|context_encoder)\.conv2\.", r"\1.conv."),
+    (r"^(.*\.layer\d\.\d)\.conv(\d)\.", r"\1.convnormrelu\2.0."),
+    (r"^(.*\.layer\d\.\d)\.norm(\d)\.", r"\1.convnormrelu\2.1."),
+    (r"^update_block\.encoder\.convc(\d)\.", r"update_block.motion_encoder.convcorr\1.0."),
+    (r"^update_block\.encoder\.convf(\d)\.", r"update_block.motion_encoder.convflow\1.0."),
+    (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+    (r"^update_block\.gru\.conv([zrq])(\d)\.", r"update_block.recurrent_block.convgru\2.conv\1."),
+    (r"^update_block\.gru\.conv([zrq])\.", r"update_block.recurrent_block.convgru1.conv\1."),
+    (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
+    (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
+]
+
+
+def is_princeton_raft(sd: dict) -> bool:
+    """True for a princeton-vl/RAFT state dict (``[module.]fnet.conv1.weight``, ...)."""
+    return any(k.removeprefix("module.").startswith(("fnet.", "cnet.")) for k in sd)
+
+
+def convert_princeton_raft(sd: dict) -> dict:
+    """princeton-vl/RAFT (``raft-things.pth``, ``raft-small.pth``; EvalCrafter ``metrics/RAFT/core``) ->
+    torchvision ``raft_large`` / ``raft_small`` parameter names.
+
+    The architectures are the same (torchvision's RAFT is a port of it); only names differ. The
+    residual blocks of princeton's BatchNorm context encoder register the projection's norm twice
+    (``layerN.0.norm3`` and ``layerN.0.downsample.1``, one module): the ``norm3`` copy is dropped
+    after checking it equals ``downsample.1``. Bottleneck blocks (raft_small) have a real ``norm3``
+    (3rd conv) and the duplicate is ``norm4``; their encoders have no norm parameters at all.
+    """
+    import re
+
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^(.*\.layer\d\.\d)\.norm(\d)\.(.*)$", k)
+        if m:
+            # a norm that is also the downsample projection's norm: a duplicate registration
+            dup = f"{m.group(1)}.downsample.1.{m.group(3)}"
+            n_convs = 3 if f"{m.group(1)}.conv3.weight" in sd else 2
+            if int(m.group(2)) == n_convs + 1 and dup in sd:
+                if not torch.equal(sd[dup], v):
+                    raise ValueError(f"RAFT state dict: {k} differs from {dup} (expected one shared module)")
+                continue
+        new = k
+        for pat, rep in _PRINCETON_RULES:
+            new = re.sub(pat, rep, new)
+        out[new] = v
+    return out
+
+
 class RAFTFlow(Extractor):
     name = "raft"
 
@@ -88,14 +144,19 @@ class RAFTFlow(Extractor):
         self.variant, self.num_flow_updates = variant, int(num_flow_updates)
         with seeded_init(seed):
             self.net = builders[variant](weights=None, progress=False).eval()
+        self.weights_format = "torchvision"
         if weights is not None:
-            strict_load(self.net, load_state_dict_file(weights), f"RAFT ({variant})")
+            sd = load_state_dict_file(weights)
+            if is_princeton_raft(sd):
+                sd, self.weights_format = convert_princeton_raft(sd), "princeton-vl (converted)"
+            strict_load(self.net, sd, f"RAFT ({variant})")
         self.requires_grad_(False)
 
     def settings(self) -> dict:
         return {
             "variant": self.variant,
             "num_flow_updates": self.num_flow_updates,
+            "weights_format": self.weights_format,
             "pad": "replicate to x8 and >=128 px, cropped",
         }
 

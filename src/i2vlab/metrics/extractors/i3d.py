@@ -8,6 +8,13 @@ and with the parameter names of the widely used PyTorch port (``Conv3d_1a_7x7.co
 
 Output: 400-d pre-softmax logits averaged over time (the tensor TF exposes as
 ``RGB/inception_i3d/Mean:0``).
+
+BatchNorm epsilon (``bn_eps``) follows where the weights come from: every PyTorch consumer of the
+VideoGPT/TATS state dict ``i3d_pretrained_400.pt`` (TATS ``tats/fvd/pytorch_i3d.py``, cd-fvd,
+common_metrics_on_video_quality) builds its BatchNorm3d with eps 1e-5, so ``bn_eps="auto"`` (default)
+is 1e-5 for a state dict (and for random init, which has that port's layout). 1e-3 (the value the TF
+graph stores, and piergiaj/pytorch-i3d's) stays available as ``bn_eps=1e-3``; with the TATS state dict
+it changes the features by about 1 % and FVD by about 2 %. A TorchScript detector carries its own.
 """
 
 from __future__ import annotations
@@ -47,14 +54,38 @@ def _pad_same(x: torch.Tensor, kernel, stride) -> torch.Tensor:
     return F.pad(x, (*pw, *ph, *pt))
 
 
-class Unit3D(nn.Module):
-    """Conv3d (no padding; TF SAME emulated) + BatchNorm3d(eps=1e-3) + ReLU."""
+BN_EPS_STATE_DICT = 1e-5  # TATS / VideoGPT / cd-fvd BatchNorm3d eps for i3d_pretrained_400.pt
+BN_EPS_TF = 1e-3  # the TF graph's (and piergiaj/pytorch-i3d's) value
 
-    def __init__(self, cin, cout, kernel=(1, 1, 1), stride=(1, 1, 1), activation=True, bn=True, bias=False):
+
+def resolve_bn_eps(bn_eps: float | str | None) -> float:
+    """``"auto"``/None -> 1e-5 (the PyTorch port's value for its state dict); else the float given."""
+    if bn_eps in (None, "auto"):
+        return BN_EPS_STATE_DICT
+    eps = float(bn_eps)
+    if not eps > 0:
+        raise ValueError(f"eval.extractors.i3d.bn_eps must be 'auto' or a positive float, got {bn_eps!r}")
+    return eps
+
+
+class Unit3D(nn.Module):
+    """Conv3d (no padding; TF SAME emulated) + BatchNorm3d(eps=bn_eps) + ReLU."""
+
+    def __init__(
+        self,
+        cin,
+        cout,
+        kernel=(1, 1, 1),
+        stride=(1, 1, 1),
+        activation=True,
+        bn=True,
+        bias=False,
+        bn_eps: float = BN_EPS_STATE_DICT,
+    ):
         super().__init__()
         self.kernel, self.stride = tuple(kernel), tuple(stride)
         self.conv3d = nn.Conv3d(cin, cout, self.kernel, self.stride, padding=0, bias=bias)
-        self.bn = nn.BatchNorm3d(cout, eps=0.001, momentum=0.01) if bn else None
+        self.bn = nn.BatchNorm3d(cout, eps=bn_eps, momentum=0.01) if bn else None
         self.activation = activation
 
     def forward(self, x):
@@ -74,12 +105,13 @@ class MaxPool3dSamePadding(nn.Module):
 
 
 class InceptionModule(nn.Module):
-    def __init__(self, cin, c):
+    def __init__(self, cin, c, bn_eps: float = BN_EPS_STATE_DICT):
         super().__init__()
-        self.b0 = Unit3D(cin, c[0])
-        self.b1a, self.b1b = Unit3D(cin, c[1]), Unit3D(c[1], c[2], (3, 3, 3))
-        self.b2a, self.b2b = Unit3D(cin, c[3]), Unit3D(c[3], c[4], (3, 3, 3))
-        self.b3a, self.b3b = MaxPool3dSamePadding((3, 3, 3), (1, 1, 1)), Unit3D(cin, c[5])
+        e = {"bn_eps": bn_eps}
+        self.b0 = Unit3D(cin, c[0], **e)
+        self.b1a, self.b1b = Unit3D(cin, c[1], **e), Unit3D(c[1], c[2], (3, 3, 3), **e)
+        self.b2a, self.b2b = Unit3D(cin, c[3], **e), Unit3D(c[3], c[4], (3, 3, 3), **e)
+        self.b3a, self.b3b = MaxPool3dSamePadding((3, 3, 3), (1, 1, 1)), Unit3D(cin, c[5], **e)
         self.out_channels = c[0] + c[2] + c[4] + c[5]
 
     def forward(self, x):
@@ -106,19 +138,21 @@ class InceptionI3d(nn.Module):
     """I3D on ``b c t h w`` input in [-1, 1]; returns time-averaged logits ``b num_classes``.
 
     ``width`` scales every channel count (1.0 = the published network; tiny values are for tests).
+    ``bn_eps``: BatchNorm epsilon (1e-5 for the TATS/VideoGPT state dict, see the module docstring).
     """
 
-    def __init__(self, num_classes: int = 400, width: float = 1.0):
+    def __init__(self, num_classes: int = 400, width: float = 1.0, bn_eps: float = BN_EPS_STATE_DICT):
         super().__init__()
 
         def ch(c):
             return max(1, int(math.ceil(c * width)))
 
-        self.width = width
-        self.Conv3d_1a_7x7 = Unit3D(3, ch(64), (7, 7, 7), (2, 2, 2))
+        self.width, self.bn_eps = width, float(bn_eps)
+        e = {"bn_eps": self.bn_eps}
+        self.Conv3d_1a_7x7 = Unit3D(3, ch(64), (7, 7, 7), (2, 2, 2), **e)
         self.MaxPool3d_2a_3x3 = MaxPool3dSamePadding((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(ch(64), ch(64))
-        self.Conv3d_2c_3x3 = Unit3D(ch(64), ch(192), (3, 3, 3))
+        self.Conv3d_2b_1x1 = Unit3D(ch(64), ch(64), **e)
+        self.Conv3d_2c_3x3 = Unit3D(ch(64), ch(192), (3, 3, 3), **e)
         self.MaxPool3d_3a_3x3 = MaxPool3dSamePadding((1, 3, 3), (1, 2, 2))
         cin = ch(192)
         for name, c in _MIXED.items():
@@ -126,7 +160,7 @@ class InceptionI3d(nn.Module):
                 self.MaxPool3d_4a_3x3 = MaxPool3dSamePadding((3, 3, 3), (2, 2, 2))
             if name == "Mixed_5b":
                 self.MaxPool3d_5a_2x2 = MaxPool3dSamePadding((2, 2, 2), (2, 2, 2))
-            mod = InceptionModule(cin, tuple(ch(v) for v in c))
+            mod = InceptionModule(cin, tuple(ch(v) for v in c), self.bn_eps)
             setattr(self, name, mod)
             cin = mod.out_channels
         self.logits = Unit3D(cin, num_classes, activation=False, bn=False, bias=True)
@@ -144,20 +178,27 @@ class InceptionI3d(nn.Module):
 
 
 def tf1_bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """TF1 ``resize_bilinear`` (align_corners=False, no half-pixel centres) on ``n c h w``."""
+    """TF1 ``resize_bilinear`` (align_corners=False, no half-pixel centres, no antialias) on ``n c h w``.
+
+    As TF1's kernel: the scale ``in/out`` is a float32, source positions ``out_index * scale`` are
+    computed in float32 (in the input's dtype when that is float64, with the float32 scale, as
+    torch-fidelity's ``interpolate_bilinear_2d_like_tensorflow1x``), and the lerps run along the width
+    first (``left + (right - left) * dx``), then along the height."""
     out = x
-    for dim, new in ((-2, size[0]), (-1, size[1])):
+    for dim, new in ((-1, size[1]), (-2, size[0])):
         old = out.shape[dim]
         if old == new:
             continue
-        src = torch.arange(new, dtype=torch.float64, device=x.device) * (old / new)
-        i0 = src.floor().long().clamp(max=old - 1)
+        scale = torch.tensor(old / new, dtype=torch.float32)
+        src = torch.arange(new, dtype=x.dtype if x.dtype == torch.float64 else torch.float32) * scale
+        src = src.to(x.device)
+        i0 = src.long()  # truncation = floor (positions are >= 0)
         i1 = (i0 + 1).clamp(max=old - 1)
-        frac = (src - i0.double()).to(x.dtype)
+        frac = (src - i0.to(src.dtype)).to(x.dtype)
         shape = [1] * out.ndim
         shape[dim] = new
-        frac = frac.view(shape)
-        out = out.index_select(dim, i0) * (1 - frac) + out.index_select(dim, i1) * frac
+        lo, hi = out.index_select(dim, i0), out.index_select(dim, i1)
+        out = lo + (hi - lo) * frac.view(shape)
     return out
 
 
@@ -183,7 +224,8 @@ def resize_frames(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> to
 
 
 class I3DExtractor(Extractor):
-    """Videos ``b f c h w`` in [-1, 1] -> I3D logits ``b 400`` (float32)."""
+    """Videos ``b f c h w`` in [-1, 1] -> I3D logits ``b 400`` (float32; the network's dtype if it
+    was cast, e.g. ``.double()`` for float64 checks)."""
 
     name = "i3d"
     random_init_scheme = "he_normal"
@@ -195,15 +237,17 @@ class I3DExtractor(Extractor):
         resize_mode: str = "squash",
         width: float = 1.0,
         seed: int = 0,
+        bn_eps: float | str = "auto",
     ):
         super().__init__(weights, seed)
         self.input_size, self.resize_mode, self.width = int(input_size), resize_mode, float(width)
         self.torchscript = weights is not None and is_torchscript(weights)
+        self.bn_eps = None if self.torchscript else resolve_bn_eps(bn_eps)
         if self.torchscript:
             self.net = torch.jit.load(str(weights), map_location="cpu").eval()
         else:
             with seeded_init(seed):
-                self.net = InceptionI3d(400, width=width).eval()
+                self.net = InceptionI3d(400, width=width, bn_eps=self.bn_eps).eval()
                 he_init_(self.net)
             if weights is not None:
                 strict_load(self.net, load_state_dict_file(weights), "I3D")
@@ -218,6 +262,7 @@ class I3DExtractor(Extractor):
             "resize_mode": self.resize_mode,
             "value_range": "[-1,1] after uint8 quantisation",
             "width": self.width,
+            "bn_eps": self.bn_eps,
         }
 
     @torch.no_grad()
@@ -228,9 +273,11 @@ class I3DExtractor(Extractor):
         if self.torchscript:
             x = u8.to(torch.uint8).permute(0, 2, 1, 3, 4).contiguous()
             return self.net(x, rescale=True, resize=True, return_features=True).float()
-        x = resize_frames(u8.flatten(0, 1), self.input_size, self.resize_mode)
+        dt = self.net.logits.conv3d.weight.dtype
+        x = resize_frames(u8.flatten(0, 1).to(dt), self.input_size, self.resize_mode)
         x = x.view(b, f, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4) / 127.5 - 1.0
-        return self.net(x.contiguous()).float()
+        out = self.net(x.contiguous())
+        return out if dt == torch.float64 else out.float()
 
 
 @register_extractor("i3d")
@@ -241,6 +288,7 @@ def build_i3d(
     resize_mode: str = "squash",
     width: float = 1.0,
     seed: int = 0,
+    bn_eps: float | str = "auto",
     config_key: str = "eval.extractors.i3d.weights_path",
 ) -> I3DExtractor:
     w = resolve_weights(
@@ -250,4 +298,6 @@ def build_i3d(
         allow_random_weights=allow_random_weights,
         what="FVD/KVD need I3D Kinetics-400 weights",
     )
-    return I3DExtractor(w, input_size=input_size, resize_mode=resize_mode, width=width, seed=seed)
+    return I3DExtractor(
+        w, input_size=input_size, resize_mode=resize_mode, width=width, seed=seed, bn_eps=bn_eps
+    )

@@ -6,8 +6,11 @@ blocks, and a max pool in the last E block; 1008 classes. Weights: pytorch-fid's
 ``pt_inception-2015-12-05-6726825d.pth`` state dict, or the NVlabs TorchScript
 ``inception-2015-12-05.pt`` (called as StyleGAN2-ADA / clean-fid do, on uint8 input).
 
-Preprocessing (``resize_mode``): ``tf1_squash`` = torch-fidelity / torchmetrics (uint8, TF1 bilinear
-to 299, (x-128)/128); ``squash`` = pytorch-fid (torch bilinear, align_corners=False, 2x-1).
+Preprocessing (``resize_mode``): ``tf1_squash`` = torch-fidelity's ``FeatureExtractorInceptionV3``
+(uint8, TF1 bilinear to 299, (x-128)/128), which torchmetrics' ``FrechetInceptionDistance`` equals only
+with ``antialias=False``: torchmetrics 1.9 defaults to ``antialias=True`` (torch bilinear with
+antialiasing), which gives different features for images larger than 299 px; ``squash`` = pytorch-fid
+(torch bilinear, align_corners=False, no antialias, 2x-1).
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ _POOL3_BLOCKS = (
 
 
 class InceptionExtractor(Extractor):
-    """Images ``n c h w`` in [-1, 1] -> pool3 features ``n 2048`` (float32)."""
+    """Images ``n c h w`` in [-1, 1] -> pool3 features ``n 2048`` (float32; float64 if the network was
+    cast with ``.double()``)."""
 
     name = "inception"
     random_init_scheme = "he_normal"
@@ -134,11 +138,12 @@ class InceptionExtractor(Extractor):
         u8 = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
         if self.torchscript:
             return self.net(u8.to(torch.uint8), return_features=True).float()
-        x = resize_frames(u8, self.input_size, self.resize_mode)
+        dt = self.net.fc.weight.dtype
+        x = resize_frames(u8.to(dt), self.input_size, self.resize_mode)
         x = (x - 128.0) / 128.0 if self.resize_mode == "tf1_squash" else x / 127.5 - 1.0
         for name in _POOL3_BLOCKS:
             x = getattr(self.net, name)(x)
-        return x.flatten(1).float()
+        return x.flatten(1) if dt == torch.float64 else x.flatten(1).float()
 
 
 @register_extractor("inception")
