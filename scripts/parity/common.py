@@ -193,3 +193,106 @@ def save_fixture(
 
 def prefixed(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": v for k, v in tensors.items()}
+
+
+def _draw_kind(kind: str, shape, g, gain: float) -> torch.Tensor:
+    """One tensor of :func:`random_state_dict`, drawn as :func:`randomize_` draws that kind."""
+    if kind == "weight":
+        fan_in = max(1, math.prod(shape[1:]))
+        val = torch.randn(shape, generator=g, dtype=torch.float64) * (gain / math.sqrt(fan_in))
+    elif kind == "scale":
+        val = 1 + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+    elif kind == "vector":
+        val = 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+    elif kind == "scalar":
+        val = 0.1 * torch.randn((), generator=g, dtype=torch.float64) + 0.05
+    elif kind == "var":
+        return 1 + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64).abs()
+    elif kind == "buffer":
+        return 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return torch.where(val == 0, torch.full_like(val, 1e-3), val)
+
+
+def state_dict_spec(module: nn.Module) -> list[list]:
+    """``[key, shape, dtype, kind]`` for every state-dict entry of ``module``, in state-dict order, with
+    the kind :func:`randomize_` would give it (``weight``, ``scale``, ``vector``, ``scalar`` for
+    parameters; ``var``, ``buffer`` for floating buffers; ``int`` for integer buffers (rebuilt as
+    zeros: right for ``num_batches_tracked``, not for index buffers); ``alias:<key>`` for an entry
+    registered twice, e.g. one module under two attribute names).
+
+    Stored in a fixture, it lets a test rebuild the same seeded random state dict of an official
+    module with :func:`random_state_dict`, without the official code."""
+    norm_types = (
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.InstanceNorm2d,
+    )
+    owners = {}
+    for mname, m in module.named_modules():
+        for pname, _ in m.named_parameters(recurse=False):
+            owners[f"{mname}.{pname}" if mname else pname] = m
+    params = {id(p) for p in module.parameters()}
+    seen: dict[int, str] = {}
+    spec = []
+    for k, t in module.state_dict(keep_vars=True).items():
+        shape, dt = list(t.shape), str(t.dtype).replace("torch.", "")
+        if id(t) in seen:
+            spec.append([k, shape, dt, f"alias:{seen[id(t)]}"])
+            continue
+        seen[id(t)] = k
+        last = k.rsplit(".", 1)[-1]
+        if id(t) in params:
+            if t.ndim >= 2:
+                kind = "weight"
+            elif t.ndim == 1:
+                is_scale = (isinstance(owners.get(k), norm_types) and last == "weight") or last in (
+                    "gamma",
+                    "scale",
+                    "g",
+                )
+                kind = "scale" if is_scale else "vector"
+            else:
+                kind = "scalar"
+        elif t.is_floating_point():
+            kind = "var" if "var" in last else "buffer"
+        else:
+            kind = "int"
+        spec.append([k, shape, dt, kind])
+    return spec
+
+
+def random_state_dict(spec: list[list], seed: int, gain: float = 1.0) -> dict[str, torch.Tensor]:
+    """Seeded non-zero random state dict from a :func:`state_dict_spec`: entries are drawn in spec
+    order from one ``torch.Generator().manual_seed(seed)`` (float64, then cast), parameters first and
+    floating buffers after (as :func:`randomize_`), integer buffers as zeros, aliases shared."""
+    g = torch.Generator().manual_seed(int(seed))
+    out: dict[str, torch.Tensor] = {}
+    order = [e for e in spec if e[3] in ("weight", "scale", "vector", "scalar")]
+    order += [e for e in spec if e[3] in ("var", "buffer")]
+    for k, shape, dt, kind in order:
+        out[k] = _draw_kind(kind, tuple(shape), g, gain).to(getattr(torch, dt))
+    for k, shape, dt, kind in spec:
+        if kind == "int":
+            out[k] = torch.zeros(shape, dtype=getattr(torch, dt))
+        elif kind.startswith("alias:"):
+            out[k] = out[kind.split(":", 1)[1]]
+    return {k: out[k] for k, *_ in spec}
+
+
+def state_dict_digest(sd: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (first 16 hex) over the sorted keys and the raw bytes of the tensors: stored beside a
+    seed-generated state dict so a test notices if the generating procedure drifts."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
