@@ -1,5 +1,19 @@
-"""Synthetic videos for smoke runs and tests: coloured shapes that move, zoom or rotate over
-textured backgrounds, each with a caption describing the motion. Deterministic given a seed."""
+"""Synthetic videos for smoke runs, tests and the toy pre-trained models: coloured shapes that move,
+zoom or rotate over textured backgrounds while the camera pans, each with a caption describing the
+shape's motion. Deterministic given a seed.
+
+Everything is drawn from analytic functions of the pixel position, so the toy world is learnable by
+tiny models and its motion is real sub-pixel motion:
+
+- backgrounds ``striped`` (soft-edged stripes at a random angle), ``checkered`` (soft-edged checks),
+  ``gradient`` (a slow triangle-wave ramp in a random direction) and ``cloudy`` (smooth noise: a sum
+  of a few random low-frequency sinusoids, periods of 18-64 px at 64 px);
+- the camera pans: the background moves by 0.6-1.2 px per frame (at 64 px) in a random direction,
+  so every pixel moves and optical flow over the whole frame is well above zero;
+- shapes (circle with a notch, square, triangle) are anti-aliased (4x4 supersampled coverage).
+
+Sizes and speeds scale with the frame size (the numbers above are for the default 64x64).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +34,10 @@ COLOURS = {
     "white": (245, 245, 245),
 }
 SHAPES = ("circle", "square", "triangle")
-BACKGROUNDS = ("striped", "checkered", "gradient", "noisy")
+BACKGROUNDS = ("striped", "checkered", "gradient", "cloudy")
 MOTIONS = ("moving left", "moving right", "moving up", "moving down", "zooming in", "zooming out", "rotating")
+#: supersampling factor of the shape coverage (anti-aliasing)
+SUPERSAMPLE = 4
 
 
 @dataclass
@@ -32,34 +48,73 @@ class ToyVideo:
     meta: dict
 
 
-def _background(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    c1 = rng.integers(20, 120, size=3).astype(np.float32)
-    c2 = rng.integers(120, 235, size=3).astype(np.float32)
-    period = float(rng.integers(6, 16))
+def _soft_square(s: np.ndarray, period: float, edge: float = 1.2) -> np.ndarray:
+    """A square wave in [0, 1] from ``s = sin(phase)`` whose edges are about ``edge`` px wide."""
+    k = period / (math.pi * edge)
+    return np.clip(0.5 + 0.5 * k * s, 0.0, 1.0)
+
+
+def _texture(kind: str, size: float, rng: np.random.Generator):
+    """A background texture: ``f(xx, yy) -> t`` in [0, 1] over canvas coordinates (pixels), analytic
+    so that it can be sampled at any (panned, sub-pixel) position."""
+    period = float(rng.uniform(8.0, 16.0)) * size / 64
     if kind == "striped":
-        t = (np.sin(2 * math.pi * (xx + yy * rng.uniform(-0.5, 0.5)) / period) > 0).astype(np.float32)
-    elif kind == "checkered":
-        t = ((xx // period + yy // period) % 2).astype(np.float32)
-    elif kind == "gradient":
-        t = (xx / max(w - 1, 1) * 0.6 + yy / max(h - 1, 1) * 0.4).astype(np.float32)
-    else:
-        t = rng.random((h, w), dtype=np.float32)
-    return (c1 + (c2 - c1) * t[..., None]).astype(np.float32)
+        a = rng.uniform(0, math.pi)
+        ca, sa = math.cos(a), math.sin(a)
+        phase = rng.uniform(0, 2 * math.pi)
+        return lambda xx, yy: _soft_square(np.sin(2 * math.pi * (ca * xx + sa * yy) / period + phase), period)
+    if kind == "checkered":
+        px, py = rng.uniform(0, 2 * math.pi, size=2)
+
+        def checks(xx, yy):
+            s = np.sin(math.pi * xx / period + px) * np.sin(math.pi * yy / period + py)
+            return _soft_square(s, 2 * period)
+
+        return checks
+    if kind == "gradient":
+        a = rng.uniform(0, 2 * math.pi)
+        ca, sa = math.cos(a), math.sin(a)
+        wave = float(rng.uniform(1.5, 2.5)) * size  # triangle-wave period: a ramp across the frame
+        off = rng.uniform(0, wave)
+
+        def ramp(xx, yy):
+            u = ((ca * xx + sa * yy + off) / wave) % 1.0
+            return 1.0 - np.abs(2.0 * u - 1.0)
+
+        return ramp
+    # cloudy: smooth low-frequency noise
+    n = 6
+    freq = rng.uniform(1.0, 3.5, size=n) / size  # cycles per pixel
+    ang = rng.uniform(0, 2 * math.pi, size=n)
+    amp = rng.uniform(0.5, 1.0, size=n)
+    phase = rng.uniform(0, 2 * math.pi, size=n)
+    norm = amp.sum()
+
+    def clouds(xx, yy):
+        t = np.zeros_like(xx)
+        for f, a, m, p in zip(freq, ang, amp, phase):
+            t = t + m * np.sin(2 * math.pi * f * (math.cos(a) * xx + math.sin(a) * yy) + p)
+        return np.clip(0.5 + 0.9 * t / norm, 0.0, 1.0)
+
+    return clouds
 
 
-def _shape_mask(shape: str, h: int, w: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+def _shape_coverage(shape: str, h: int, w: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    """Fraction (h, w) of each pixel covered by the shape (centre ``cx, cy`` in pixels, size ``r``)."""
+    s = SUPERSAMPLE
+    yy, xx = np.mgrid[0 : h * s, 0 : w * s].astype(np.float32)
+    xx, yy = (xx + 0.5) / s - 0.5, (yy + 0.5) / s - 0.5  # sub-pixel sample positions
     dx, dy = xx - cx, yy - cy
     ca, sa = math.cos(angle), math.sin(angle)
     u, v = ca * dx + sa * dy, -sa * dx + ca * dy
     if shape == "circle":
         # a circle with a notch so that rotation is visible
-        return ((u**2 + v**2) <= r**2) & ~((u > r * 0.4) & (np.abs(v) < r * 0.25))
-    if shape == "square":
-        return (np.abs(u) <= r) & (np.abs(v) <= r)
-    # triangle pointing along +u
-    return (u >= -r) & (u <= r) & (np.abs(v) <= (r - u) * 0.6)
+        m = ((u**2 + v**2) <= r**2) & ~((u > r * 0.4) & (np.abs(v) < r * 0.25))
+    elif shape == "square":
+        m = (np.abs(u) <= r) & (np.abs(v) <= r)
+    else:  # triangle pointing along +u
+        m = (u >= -r) & (u <= r) & (np.abs(v) <= (r - u) * 0.6)
+    return m.reshape(h, s, w, s).mean(axis=(1, 3))
 
 
 def make_toy_video(
@@ -72,10 +127,18 @@ def make_toy_video(
     shape = prng.choice(SHAPES)
     bg = prng.choice(BACKGROUNDS)
     motion = prng.choice(MOTIONS)
-    background = _background(bg, height, width, rng)
-    r0 = min(height, width) * prng.uniform(0.12, 0.2)
-    speed = min(height, width) * prng.uniform(0.5, 0.9) / max(num_frames - 1, 1)
+    size = min(height, width)
+    c1 = rng.integers(20, 120, size=3).astype(np.float32)
+    c2 = rng.integers(120, 235, size=3).astype(np.float32)
+    texture = _texture(bg, size, rng)
+    pan_speed = prng.uniform(0.6, 1.2) * size / 64  # px per frame
+    pan_angle = prng.uniform(0, 2 * math.pi)
+    pvx, pvy = pan_speed * math.cos(pan_angle), pan_speed * math.sin(pan_angle)
+    r0 = size * prng.uniform(0.14, 0.22)
+    speed = size * prng.uniform(0.5, 0.9) / max(num_frames - 1, 1)
     cx0, cy0 = width / 2 + prng.uniform(-0.1, 0.1) * width, height / 2 + prng.uniform(-0.1, 0.1) * height
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    colour_rgb = np.asarray(COLOURS[colour], dtype=np.float32)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for t in range(num_frames):
         cx, cy, r, angle = cx0, cy0, r0, 0.0
@@ -94,9 +157,12 @@ def make_toy_video(
             r = r0 * (1.6 - 1.0 * t / max(num_frames - 1, 1))
         else:
             angle = 2 * math.pi * t / max(num_frames, 1)
-        img = background.copy()
-        img[_shape_mask(shape, height, width, cx, cy, r, angle)] = COLOURS[colour]
-        frames[t] = img.clip(0, 255).astype(np.uint8)
+        # the camera pans by (pvx, pvy) per frame: the scene moves the other way
+        tex = texture(xx + pvx * t, yy + pvy * t).astype(np.float32)
+        img = c1 + (c2 - c1) * tex[..., None]
+        cov = _shape_coverage(shape, height, width, cx, cy, r, angle)[..., None]
+        img = img * (1 - cov) + colour_rgb * cov
+        frames[t] = img.round().clip(0, 255).astype(np.uint8)
     caption = f"a {colour} {shape} {motion} over a {bg} background"
     meta = {
         "fps": fps,
