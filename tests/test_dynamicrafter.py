@@ -189,7 +189,12 @@ def test_interp_concat_and_fps_condition(tmp_path):
 
 def test_dynamic_rescale_table():
     s = dynamic_rescale_table(1000, 0.3, 400)
-    assert s.dtype == torch.float64 and s[0] == 1.0 and abs(float(s[399]) - 0.3) < 1e-12 and (s[400:] == 0.3).all()
+    assert (
+        s.dtype == torch.float64
+        and s[0] == 1.0
+        and abs(float(s[399]) - 0.3) < 1e-12
+        and (s[400:] == 0.3).all()
+    )
     assert (s[1:400] <= s[:399]).all()
     assert ddim_timesteps({"num_train_timesteps": 1000, "timestep_spacing": "trailing"}, 50)[:2] == [999, 979]
     assert ddim_timesteps(

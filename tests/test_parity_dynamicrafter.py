@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from parity_helpers import assert_rel_close, load_fixture, rel_err
 from torch import nn
 
 from i2vlab.methods.dynamicrafter import DynamiCrafter
@@ -33,7 +34,6 @@ from i2vlab.models.dynamicrafter import schedule as lvdm
 from i2vlab.models.dynamicrafter.convert import convert_resampler_state_dict, convert_unet_state_dict
 from i2vlab.models.dynamicrafter.resampler import CLIP_MEAN, CLIP_STD, clip_preprocess
 from i2vlab.pipelines import dynamicrafter as pipe
-from parity_helpers import assert_rel_close, load_fixture, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = "dynamicrafter"
@@ -160,7 +160,9 @@ def test_clip_preprocess_matches_official():
         x = preprocess_input(hw, seed)
         assert COMMON.state_dict_digest({"x": x}) == fx.meta["input_digests"][key]
         assert_rel_close(preprocess_sample(clip_preprocess(x, 224)), fx[f"out.{key}"], what=key)
-        old = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", align_corners=True, antialias=True)
+        old = torch.nn.functional.interpolate(
+            x, size=(224, 224), mode="bicubic", align_corners=True, antialias=True
+        )
         old = (old + 1) / 2
         old = (old - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         assert rel_err(preprocess_sample(old), fx[f"out.{key}"]) > 1e-2, key
@@ -253,7 +255,9 @@ def module(style: str, dtype=torch.float64, scaling_factor: float = 1.0, **kw) -
     w = load_fixture(GROUP, "weights")
     opts = dict(fps_condition_type="fs", use_dynamic_rescale=False)
     if style != "256":
-        opts = dict(fps_condition_type="fps", use_dynamic_rescale=True, base_scale=0.7 if style == "512" else 0.3)
+        opts = dict(
+            fps_condition_type="fps", use_dynamic_rescale=True, base_scale=0.7 if style == "512" else 0.3
+        )
     m = DynamiCrafter(
         unet=ours_unet("unet256" if style == "256" else "unet512", dtype),
         image_encoder=StandInImageEncoder(w.group("image.")),
@@ -297,14 +301,22 @@ def test_schedule_tables_match_official():
 # ----------------------------------------------------------------------------------------------
 # sampling end to end
 # ----------------------------------------------------------------------------------------------
-SAMPLERS = ["sampler_256", "sampler_256_multicond", "sampler_512", "sampler_1024_multicond", "sampler_512_interp"]
+SAMPLERS = [
+    "sampler_256",
+    "sampler_256_multicond",
+    "sampler_512",
+    "sampler_1024_multicond",
+    "sampler_512_interp",
+]
 
 
 def run_sampler(name: str, m: DynamiCrafter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     fx = load_fixture(GROUP, name)
     call = fx.meta["call"]
     interp = call.get("interp", False)
-    m = m or (module(call["style"], interp_mode=True, rand_cond_frame=False) if interp else module(call["style"]))
+    m = m or (
+        module(call["style"], interp_mode=True, rand_cond_frame=False) if interp else module(call["style"])
+    )
     n = call["lvdm_steps"]
     out = pipe.sample_dynamicrafter(
         m,

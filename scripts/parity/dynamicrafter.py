@@ -139,7 +139,15 @@ UNETS = {
     "unet512": {**UNET_COMMON, "image_cross_attention_scale_learnable": False, "default_fs": 24},
 }
 RESAMPLER = dict(
-    dim=32, depth=2, dim_head=8, heads=4, num_queries=TOK, embedding_dim=24, output_dim=CTX, ff_mult=2, video_length=4
+    dim=32,
+    depth=2,
+    dim_head=8,
+    heads=4,
+    num_queries=TOK,
+    embedding_dim=24,
+    output_dim=CTX,
+    ff_mult=2,
+    video_length=4,
 )
 F_SAMPLE, HW = 4, 16  # frames and pixel size of the sampler / loss runs (latents 8 x 8)
 VOCAB, PATCH = 64, 4
@@ -241,11 +249,17 @@ def import_official(root: Path) -> types.SimpleNamespace:
     with on_path(root):
         from lvdm.models import ddpm3d
         from lvdm.models.samplers import ddim, ddim_multiplecond
-        from lvdm.models.utils_diffusion import make_beta_schedule, make_ddim_timesteps, rescale_zero_terminal_snr
+        from lvdm.models.utils_diffusion import (
+            make_beta_schedule,
+            make_ddim_timesteps,
+            rescale_zero_terminal_snr,
+        )
         from lvdm.modules.encoders.resampler import Resampler
         from lvdm.modules.networks.openaimodel3d import UNetModel
 
-        spec = importlib.util.spec_from_file_location("dc_inference", root / "scripts/evaluation/inference.py")
+        spec = importlib.util.spec_from_file_location(
+            "dc_inference", root / "scripts/evaluation/inference.py"
+        )
         inference = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(inference)
     for mod in (ddim, ddim_multiplecond):  # its register_buffer moves every tensor to CUDA
@@ -332,7 +346,7 @@ def standins_module() -> None:
     sys.modules["dynamicrafter_standins"] = mod
 
 
-def build_official_model(O, style: str, weights: dict, scale_factor: float, **overrides):
+def build_official_model(off, style: str, weights: dict, scale_factor: float, **overrides):
     """``LatentVisualDiffusion`` of a config style (``256`` / ``512`` / ``1024``) with the tiny UNet,
     the tiny Resampler and the stand-ins, loaded with ``weights``."""
     from omegaconf import OmegaConf
@@ -374,10 +388,13 @@ def build_official_model(O, style: str, weights: dict, scale_factor: float, **ov
             "first_stage_config": {"target": "dynamicrafter_standins.FirstStage"},
             "cond_stage_config": {"target": "dynamicrafter_standins.Text"},
             "img_cond_stage_config": {"target": "dynamicrafter_standins.Image"},
-            "image_proj_stage_config": {"target": "lvdm.modules.encoders.resampler.Resampler", "params": RESAMPLER},
+            "image_proj_stage_config": {
+                "target": "lvdm.modules.encoders.resampler.Resampler",
+                "params": RESAMPLER,
+            },
         }
     )
-    model = O.ddpm3d.LatentVisualDiffusion(**cfg, **kw)
+    model = off.ddpm3d.LatentVisualDiffusion(**cfg, **kw)
     model.model.diffusion_model.load_state_dict(weights[unet])
     model.image_proj_model.load_state_dict(weights["resampler"])
     model.cond_stage_model.load_state_dict(weights["text"])
@@ -388,36 +405,43 @@ def build_official_model(O, style: str, weights: dict, scale_factor: float, **ov
 # ----------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------
-def make_weights(O) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+def make_weights(off) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Seeded state dicts (``random_state_dict`` over the official modules' ``state_dict_spec``, float64:
     the tests rebuild them from the stored spec and seed) and the stand-in encoders."""
     specs = {
-        "unet256": (state_dict_spec(O.UNetModel(**UNETS["unet256"]).double()), UNET_SEED),
-        "resampler": (state_dict_spec(O.Resampler(**RESAMPLER).double()), RESAMPLER_SEED),
+        "unet256": (state_dict_spec(off.UNetModel(**UNETS["unet256"]).double()), UNET_SEED),
+        "resampler": (state_dict_spec(off.Resampler(**RESAMPLER).double()), RESAMPLER_SEED),
     }
     out = {k: random_state_dict(spec, seed) for k, (spec, seed) in specs.items()}
     # the 512 UNet has the same layers without the gates: the same weights, without alpha
     out["unet512"] = {k: v for k, v in out["unet256"].items() if not k.endswith("attn2.alpha")}
-    O.UNetModel(**UNETS["unet512"]).load_state_dict(out["unet512"])  # strict: nothing else differs
+    off.UNetModel(**UNETS["unet512"]).load_state_dict(out["unet512"])  # strict: nothing else differs
     out["text"], out["image"] = StandInText().state_dict(), StandInImage().state_dict()
     meta = {
-        "specs": {k: {"seed": seed, "digest": state_dict_digest(out[k]), "spec": spec} for k, (spec, seed) in specs.items()}
+        "specs": {
+            k: {"seed": seed, "digest": state_dict_digest(out[k]), "spec": spec}
+            for k, (spec, seed) in specs.items()
+        }
     }
     return out, meta
 
 
-def make_unet(O, weights) -> tuple[dict, dict]:
+def make_unet(off, weights) -> tuple[dict, dict]:
     tensors, cases = {}, {}
     t = torch.tensor([37, 811])
     for name, cfg in UNETS.items():
         with float64_official():
-            net = O.UNetModel(**cfg)
+            net = off.UNetModel(**cfg)
         net.load_state_dict(weights[name])
         net = net.double().eval()
         net.dtype = torch.float64  # forward casts its input to this attribute (float32 unless use_fp16)
         runs = [("f16", 16, 16 * TOK, torch.tensor([3, 5]) if name == "unet256" else torch.tensor([24, 10]))]
-        runs.append(("f8", 8, 8 * TOK, None) if name == "unet256" else ("f8_shared", 8, 16 * TOK, torch.tensor([8, 30])))
-        for k, (case, f, n_img, fs) in enumerate(runs):
+        runs.append(
+            ("f8", 8, 8 * TOK, None)
+            if name == "unet256"
+            else ("f8_shared", 8, 16 * TOK, torch.tensor([8, 30]))
+        )
+        for case, f, n_img, fs in runs:
             seed = 1000 + 10 * len(cases)
             x = seeded((2, 8, f, 8, 8), seed)
             ctx = seeded((2, TXT + n_img, CTX), seed + 1)
@@ -427,14 +451,19 @@ def make_unet(O, weights) -> tuple[dict, dict]:
             tensors.update({f"in.{key}.x": x.half(), f"in.{key}.context": ctx.half(), f"out.{key}": out})
             if fs is not None:
                 tensors[f"in.{key}.fs"] = fs
-            cases[key] = {"unet": name, "frames": f, "image_tokens": n_img, "fs": None if fs is None else fs.tolist()}
+            cases[key] = {
+                "unet": name,
+                "frames": f,
+                "image_tokens": n_img,
+                "fs": None if fs is None else fs.tolist(),
+            }
     tensors["in.timesteps"] = t
     return tensors, {"cases": cases}
 
 
-def make_resampler(O, weights) -> tuple[dict, dict]:
+def make_resampler(off, weights) -> tuple[dict, dict]:
     with float64_official():
-        net = O.Resampler(**RESAMPLER)
+        net = off.Resampler(**RESAMPLER)
     net.load_state_dict(weights["resampler"])
     net = net.double().eval()
     x = seeded((2, 17, RESAMPLER["embedding_dim"]), 3001)
@@ -443,20 +472,22 @@ def make_resampler(O, weights) -> tuple[dict, dict]:
     return {"in.x": x.half(), "out": out}, {}
 
 
-def make_schedule(O) -> tuple[dict, dict]:
+def make_schedule(off) -> tuple[dict, dict]:
     tensors = {}
     for n in (3, 10, 16, 25, 30, 50):
         for method in ("uniform", "uniform_trailing"):
-            ts = O.make_ddim_timesteps(method, n, 1000, verbose=False)
+            ts = off.make_ddim_timesteps(method, n, 1000, verbose=False)
             tensors[f"timesteps.{method}.{n}"] = torch.as_tensor(np.ascontiguousarray(ts), dtype=torch.long)
     for zsnr in (False, True):
-        betas = O.make_beta_schedule("linear", 1000, linear_start=0.00085, linear_end=0.012)
+        betas = off.make_beta_schedule("linear", 1000, linear_start=0.00085, linear_end=0.012)
         if zsnr:
-            betas = O.rescale_zero_terminal_snr(betas)
-        tensors[f"alphas_cumprod.{'zsnr' if zsnr else 'plain'}"] = torch.tensor(np.cumprod(1.0 - betas, axis=0))
+            betas = off.rescale_zero_terminal_snr(betas)
+        tensors[f"alphas_cumprod.{'zsnr' if zsnr else 'plain'}"] = torch.tensor(
+            np.cumprod(1.0 - betas, axis=0)
+        )
     for base in (0.7, 0.3):
         with float64_official():
-            m = build_official_model(O, "512" if base == 0.7 else "1024", WEIGHTS, 1.0)
+            m = build_official_model(off, "512" if base == 0.7 else "1024", WEIGHTS, 1.0)
         tensors[f"scale_arr.{base}"] = m.scale_arr.clone()
     return tensors, {"note": "uniform at 3 steps indexes t = 1000 (the official sampler fails there)"}
 
@@ -501,13 +532,24 @@ def make_clip_preprocess(root: Path) -> tuple[dict, dict]:
         out = FrozenOpenCLIPImageEmbedderV2.preprocess(me, x)
         assert out.dtype == torch.float64 and out.shape[-2:] == (224, 224)
         tensors[f"out.{hw[0]}x{hw[1]}"] = preprocess_sample(out)
-    return tensors, {"sizes": PREPROCESS_SIZES, "input_seeds": [6000 + i for i in range(len(PREPROCESS_SIZES))], "input_digests": digests, "kornia": kornia.__version__}
+    return tensors, {
+        "sizes": PREPROCESS_SIZES,
+        "input_seeds": [6000 + i for i in range(len(PREPROCESS_SIZES))],
+        "input_digests": digests,
+        "kornia": kornia.__version__,
+    }
 
 
 SAMPLERS = {
-    "sampler_256": dict(style="256", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.0, fs=3),
-    "sampler_256_multicond": dict(style="256", steps=16, guidance=7.5, cfg_img=3.0, multicond=True, rescale=0.0, fs=5),
-    "sampler_512": dict(style="512", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.7, fs=24),
+    "sampler_256": dict(
+        style="256", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.0, fs=3
+    ),
+    "sampler_256_multicond": dict(
+        style="256", steps=16, guidance=7.5, cfg_img=3.0, multicond=True, rescale=0.0, fs=5
+    ),
+    "sampler_512": dict(
+        style="512", steps=10, guidance=7.5, cfg_img=None, multicond=False, rescale=0.7, fs=24
+    ),
     "sampler_1024_multicond": dict(
         style="1024", steps=16, guidance=7.5, cfg_img=2.0, multicond=True, rescale=0.7, fs=10
     ),
@@ -518,12 +560,12 @@ SAMPLERS = {
 PROMPTS = ["a red circle moves right", "waves"]
 
 
-def make_sampler(O, name: str, spec: dict) -> tuple[dict, dict]:
+def make_sampler(off, name: str, spec: dict) -> tuple[dict, dict]:
     spacing = "uniform" if spec["style"] == "256" else "uniform_trailing"
     with float64_official():
-        model = build_official_model(O, spec["style"], WEIGHTS, 1.0).double()
+        model = build_official_model(off, spec["style"], WEIGHTS, 1.0).double()
     model.model.diffusion_model.dtype = torch.float64  # forward casts its input to this attribute
-    n_steps = len(O.make_ddim_timesteps(spacing, spec["steps"], 1000, verbose=False))
+    n_steps = len(off.make_ddim_timesteps(spacing, spec["steps"], 1000, verbose=False))
     b, f, h = len(PROMPTS), F_SAMPLE, HW // 2
     seed = 4000 + 100 * list(SAMPLERS).index(name)
     interp = spec.get("interp", False)
@@ -540,7 +582,7 @@ def make_sampler(O, name: str, spec: dict) -> tuple[dict, dict]:
     decode = model.decode_first_stage
     model.decode_first_stage = lambda z, **kw: seen.append(z.clone()) or decode(z, **kw)
     with float64_official(), torch.no_grad(), replay(randn=[x_T, *noise]):
-        O.inference.image_guided_synthesis(
+        off.inference.image_guided_synthesis(
             model,
             list(PROMPTS),
             videos,
@@ -565,7 +607,16 @@ def make_sampler(O, name: str, spec: dict) -> tuple[dict, dict]:
         "out.latents": latents,
         **extra,
     }
-    return tensors, {"call": {**spec, "prompts": PROMPTS, "frames": f, "eta": 1.0, "spacing": spacing, "lvdm_steps": n_steps}}
+    return tensors, {
+        "call": {
+            **spec,
+            "prompts": PROMPTS,
+            "frames": f,
+            "eta": 1.0,
+            "spacing": spacing,
+            "lvdm_steps": n_steps,
+        }
+    }
 
 
 LOSSES = {
@@ -594,8 +645,8 @@ LOSSES = {
 CAPTIONS = ["a red circle", "two squares", "zoom in", "rain on glass"]
 
 
-def make_loss(O, name: str, spec: dict) -> tuple[dict, dict]:
-    model = build_official_model(O, spec["style"], WEIGHTS, 0.18215, **spec["overrides"]).float()
+def make_loss(off, name: str, spec: dict) -> tuple[dict, dict]:
+    model = build_official_model(off, spec["style"], WEIGHTS, 0.18215, **spec["overrides"]).float()
     b, f = len(spec["r"]), F_SAMPLE
     seed = 5000 + 100 * list(LOSSES).index(name)
     video = seeded((b, 3, f, HW, HW), seed, 0.5).clamp(-1, 1).float()  # official layout b c t h w
@@ -665,15 +716,21 @@ def main(argv: list[str] | None = None) -> None:
     commit = official_commit(root, args.official_commit)
     out_dir = args.out or FIXTURES / "dynamicrafter"
     torch.set_num_threads(1)
-    O = import_official(root)
+    off = import_official(root)
     standins_module()
-    weights, weights_meta = make_weights(O)
+    weights, weights_meta = make_weights(off)
     WEIGHTS.update(weights)
     configs = {
         "official_unets": UNETS,
         "ours_unets": {k: ours_unet_config(v) for k, v in UNETS.items()},
         "resampler": RESAMPLER,
-        "standins": {"vocab": VOCAB, "patch": PATCH, "text_len": TXT, "clip_mean": CLIP_MEAN, "clip_std": CLIP_STD},
+        "standins": {
+            "vocab": VOCAB,
+            "patch": PATCH,
+            "text_len": TXT,
+            "clip_mean": CLIP_MEAN,
+            "clip_std": CLIP_STD,
+        },
     }
     common = {"repo": REPO, "commit": commit, "generator": GENERATOR, "config": configs}
     want = set(args.only) if args.only else None
@@ -690,22 +747,22 @@ def main(argv: list[str] | None = None) -> None:
         "unet512 = unet256 without the attn2.alpha gates. Tensors: the stand-in encoders (float16-exact)",
         weights_meta,
     )
-    t, m = make_unet(O, WEIGHTS)
+    t, m = make_unet(off, WEIGHTS)
     write("unet", t, "openaimodel3d.UNetModel.forward in float64", m)
-    t, m = make_resampler(O, WEIGHTS)
+    t, m = make_resampler(off, WEIGHTS)
     write("resampler", t, "resampler.Resampler.forward in float64", m)
-    t, m = make_schedule(O)
+    t, m = make_schedule(off)
     write("schedule", t, "make_ddim_timesteps, make_beta_schedule + rescale_zero_terminal_snr, scale_arr", m)
     if want is None or "clip_preprocess" in want:
         t, m = make_clip_preprocess(root)
         write("clip_preprocess", t, "condition.py FrozenOpenCLIPImageEmbedderV2.preprocess in float64", m)
     for name, spec in SAMPLERS.items():
         if want is None or name in want:
-            t, m = make_sampler(O, name, spec)
+            t, m = make_sampler(off, name, spec)
             write(name, t, "scripts/evaluation/inference.py image_guided_synthesis in float64 (latents)", m)
     for name, spec in LOSSES.items():
         if want is None or name in want:
-            t, m = make_loss(O, name, spec)
+            t, m = make_loss(off, name, spec)
             write(name, t, "ddpm3d.LatentVisualDiffusion.shared_step in float32", m)
 
 

@@ -81,7 +81,6 @@ def ddim_step(
     return out
 
 
-
 def ddim_sample(
     model_fn: Callable[[torch.Tensor, int], Sequence[torch.Tensor]],
     x: torch.Tensor,
