@@ -263,3 +263,23 @@ def test_princeton_raft_keys_convert_to_torchvision(tmp_path):
     sd["module.cnet.layer2.0.norm3.weight"] = torch.zeros(2)
     with pytest.raises(ValueError, match="differs"):
         convert_princeton_raft(sd)
+
+
+def test_clip_standard_convention_is_the_hf_image_processor():
+    """``standard`` = transformers' CLIPImageProcessor on the uint8 frames (the old hand-written resize rounded
+    the long side, 262x270 -> 224x231 instead of 224x230, and was 18 % off in pixel values)."""
+    from transformers import CLIPImageProcessor
+
+    from i2vlab.metrics.extractors.clip import CLIPExtractor
+
+    tiny = {
+        **TINY_EXTRACTORS["clip"]["tiny"],
+        "vision": {**TINY_EXTRACTORS["clip"]["tiny"]["vision"], "image_size": 224},
+    }
+    ex = CLIPExtractor(None, convention="standard", tiny=tiny)
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((262, 270), (96, 120)):
+        u8 = torch.randint(0, 256, (2, 3, h, w), generator=g, dtype=torch.uint8)
+        ref = CLIPImageProcessor()(images=list(u8), return_tensors="pt")["pixel_values"]
+        assert torch.equal(ex._prep(u8.float() / 127.5 - 1), ref)
+    assert ex.settings()["resize"]["processor"] == "CLIPImageProcessor"

@@ -2,8 +2,10 @@
 image-frame similarity and CLIP-SIM (text-video).
 
 ``convention``:
-- ``standard``: bicubic resize of the short side to the model's image size, centre crop, [0, 1],
-  CLIP mean/std (what the HF processor does);
+- ``standard``: transformers' ``CLIPImageProcessor`` itself on the uint8 frames (the model folder's
+  ``preprocessor_config.json`` when there is one, else CLIP's defaults at the model's image size): short
+  side to the image size (bicubic, antialiased; the long side truncated to an integer), centre crop,
+  /255, CLIP mean/std;
 - ``evalcrafter_raw``: EvalCrafter's quirk, kept to match published numbers (METRICS.md §6): raw 0-255
   pixels, no /255 and no mean/std, squashed to 224x224 without keeping the aspect ratio, resized as
   EvalCrafter's two code paths do (its ``environment.yml`` pins torchvision 0.15.2):
@@ -20,6 +22,8 @@ image-frame similarity and CLIP-SIM (text-video).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +97,18 @@ class CLIPExtractor(Extractor):
         self.image_size = int(self.model.config.vision_config.image_size)
         # EvalCrafter resizes the frames of CLIP-SIM (text) differently from CLIPTemp's (see module doc)
         self.text_frames_differ = convention == "evalcrafter_raw"
+        self.processor = self._image_processor(weights) if convention == "standard" else None
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
+
+    def _image_processor(self, weights):
+        from transformers import CLIPImageProcessor
+
+        s = self.image_size
+        if weights is not None and (Path(weights) / "preprocessor_config.json").is_file():
+            return CLIPImageProcessor.from_pretrained(str(weights), local_files_only=True)
+        return CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
 
     def settings(self) -> dict:
         if self.convention == "evalcrafter_raw":
@@ -104,7 +117,14 @@ class CLIPExtractor(Extractor):
                 "text_frames": "squash cv2.resize INTER_LINEAR on uint8",
             }
         else:
-            resize = "bicubic antialias short side + centre crop, [0,1], CLIP mean/std"
+            p = self.processor
+            resize = {
+                "processor": type(p).__name__,
+                **{
+                    k: str(getattr(p, k, None))
+                    for k in ("size", "crop_size", "resample", "image_mean", "image_std")
+                },
+            }
         return {
             "convention": self.convention,
             "image_size": self.image_size,
@@ -126,17 +146,11 @@ class CLIPExtractor(Extractor):
         return torch.stack(out).permute(0, 3, 1, 2).float().to(images.device)
 
     def _prep(self, images: torch.Tensor, for_text: bool = False) -> torch.Tensor:
-        s = self.image_size
         if self.convention == "evalcrafter_raw":
             return self._prep_evalcrafter(images, for_text)
-        x = (images.float().clamp(-1, 1) + 1) / 2
-        h, w = x.shape[-2:]
-        r = s / min(h, w)
-        nh, nw = max(s, round(h * r)), max(s, round(w * r))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        top, left = (nh - s) // 2, (nw - s) // 2
-        x = x[..., top : top + s, left : left + s]
-        return (x - self.mean) / self.std
+        u8 = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        pv = self.processor(images=list(u8), return_tensors="pt")["pixel_values"]
+        return pv.to(images.device, torch.float32)
 
     @staticmethod
     def _as_tensor(out) -> torch.Tensor:
