@@ -72,7 +72,8 @@ def lvdm_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     interpolation="bicubic", align_corners=True, antialias=True)``): when shrinking, a separable
     Gaussian blur (sigma = (factor - 1) / 2 per axis, at least 0.001; kernel ``int(max(4 sigma, 3))``
     made odd; reflect padding) and then plain bicubic interpolation (a = -0.75) with aligned corners.
-    torch's own ``antialias=True`` filter is another one (Pillow's, bicubic a = -0.5): 7-20 % apart."""
+    torch's own ``antialias=True`` filter is another one (Pillow's, bicubic a = -0.5): 7-20 % apart on
+    smooth images, 25-60 % on noise, also when enlarging."""
     h, w = images.shape[-2:]
     size = (int(size[0]), int(size[1]))
     if (h, w) == size:
