@@ -2,10 +2,12 @@
 weights and shared inputs, and store inputs and outputs under ``tests/fixtures/parity/metrics/``
 (``tests/test_parity_metrics.py`` compares our extractors, converters and distances against them).
 
-Usage (one fixture group, or ``all``)::
+Usage (one fixture group, or ``all``; about a minute on one CPU thread)::
 
-    python scripts/parity/metrics.py all
-    python scripts/parity/metrics.py i3d inception distances dover clip flow
+    OMP_NUM_THREADS=1 python scripts/parity/metrics.py all
+    OMP_NUM_THREADS=1 python scripts/parity/metrics.py i3d inception distances dover clip flow
+
+The fixtures are deterministic: regenerating gives byte-identical ``.safetensors`` on the same stack.
 
 What each group runs (the reference code is imported from checkouts outside this project, at
 fixture-generation time only):
@@ -35,8 +37,9 @@ Environment (or the flags of the same name):
 - ``I2VLAB_OFFICIAL_STYLEGANV`` (``--stylegan-v``): a checkout of universome/stylegan-v;
 - ``I2VLAB_OFFICIAL_EVALCRAFTER`` (``--evalcrafter``): a checkout of evalcrafter/EvalCrafter;
 - ``I2VLAB_OFFICIAL_DOVER`` (``--dover``): a checkout of VQAssessment/DOVER;
-- ``I2VLAB_REFERENCE_SITE`` (``--site``): a folder with ``pip install --no-deps --target <folder>
-  pytorch-fid==0.3.0 torch-fidelity==0.4.0 cd-fvd==0.1.1 scikit-learn`` (never the project venv);
+- ``I2VLAB_REFERENCE_SITE`` (``--site``): a folder made with ``pip install --no-deps --target <folder>
+  pytorch-fid==0.3.0 torch-fidelity==0.4.0 cd-fvd==0.1.1 scikit-learn joblib threadpoolctl`` (never into
+  the project venv);
 - ``I2VLAB_REFERENCE_TIMM`` (``--timm-site``): a folder with ``pip install --no-deps --target <folder> timm``
   (DOVER's backbones import ``timm.models.layers``).
 
