@@ -25,6 +25,7 @@ configure_threads()  # before torch is imported
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from i2vlab.errors import report_user_errors  # noqa: E402
 from i2vlab.sampling import find_run_config, load_method  # noqa: E402
 from i2vlab.utils.video_io import load_image, write_video  # noqa: E402
 
@@ -88,6 +89,7 @@ def check_images(paths: list[str], prompts: list[str], cfg, sets: dict) -> None:
             )
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run directory, .ckpt or exported .safetensors")

@@ -93,7 +93,7 @@ def test_toy_training_then_keyframe_sampling_with_all_three_methods(tmp_path):
             assert np.abs(video[-1].astype(int) - frames[1]).mean() < 12
 
     # resume from the checkpoint (frozen random-init weights, reference UNet included) to a new max_steps.
-    # The CSV logger is off here: i2vlab.loggers.ResumableCSVLogger fails on this resume (reported).
+    # The CSV logger is off here: i2vlab.training.loggers.ResumableCSVLogger fails on this resume (reported).
     res = _train(run, "ckpt_path=last", "trainer.max_steps=6", "logger.csv=null", "callbacks.lr_monitor=null")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

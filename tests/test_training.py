@@ -290,7 +290,7 @@ def test_init_from_copies_matching_weights(tmp_path, toy_data):
 
 
 def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path):
-    from i2vlab.checkpoints import AtomicCheckpointIO
+    from i2vlab.training.checkpoints import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     io.save_checkpoint({"a": torch.ones(3)}, tmp_path / "c.ckpt")

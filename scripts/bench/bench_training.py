@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import device_name, print_table  # noqa: E402
 from param_report import compose_train_config  # noqa: E402
 
-from i2vlab.callbacks import peak_memory_gb  # noqa: E402
 from i2vlab.training import instantiate_model  # noqa: E402
+from i2vlab.training.callbacks import peak_memory_gb  # noqa: E402
 
 
 def make_batch(b: int, f: int, res: int, device) -> dict:

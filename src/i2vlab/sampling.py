@@ -74,7 +74,7 @@ def load_method(
     else:
         from i2vlab.utils.safe_load import load_torch_file
 
-        ckpt = load_torch_file(weights, what="checkpoint")
+        ckpt = load_torch_file(weights, what="checkpoint", trust_flag=None)
         module.load_state_dict(
             ckpt["state_dict"], strict=bool(ckpt.get("i2vlab", {}).get("checkpoint_frozen", False))
         )

@@ -18,14 +18,11 @@ Tensor layouts: ``video`` b f c h w in [-1, 1]; ``latents`` b c f h w (diffusers
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -33,7 +30,16 @@ from einops import rearrange
 from torch import nn
 
 from i2vlab.diffusion.schedules import stratified_timesteps, training_target
-from i2vlab.utils.params import parameter_report, select_trainable, trainable_state_dict
+from i2vlab.training.state import (  # noqa: F401  (load_matching, load_weights_file: re-exported for methods)
+    export_trainable,
+    load_matching,
+    load_trainable,
+    load_weights_file,
+    restore_contents,
+    save_contents,
+)
+from i2vlab.utils.params import parameter_report, select_trainable
+from i2vlab.utils.seeding import generator
 
 log = logging.getLogger(__name__)
 
@@ -275,12 +281,12 @@ class VideoDiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------
     # loss
     # ------------------------------------------------------------------------------------------
-    def step_generator(self, salt: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, global step, rank, salt): a resumed run draws the same noise."""
-        key = f"{self.seed}-{self.global_step}-{self.global_rank}-{salt}".encode()
-        g = torch.Generator(device=self.device)
-        g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
-        return g
+    def step_generator(self, micro_batch: int = 0, salt: int = 0) -> torch.Generator:
+        """The training draws of one micro-batch: keyed by (seed, optimizer step, micro-batch index in
+        the step, rank, salt) -- see :mod:`i2vlab.utils.seeding`. A resumed run draws the same."""
+        return generator(
+            "train", self.seed, self.global_step, micro_batch, self.global_rank, salt, device=self.device
+        )
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         T = self.noise_scheduler.config.num_train_timesteps
@@ -326,7 +332,10 @@ class VideoDiffusionModule(pl.LightningModule):
     # Lightning loop
     # ------------------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
-        loss, logs = self.compute_loss(batch, self.step_generator())
+        acc = (
+            int(getattr(self._trainer, "accumulate_grad_batches", 1) or 1) if self._trainer is not None else 1
+        )
+        loss, logs = self.compute_loss(batch, self.step_generator(micro_batch=batch_idx % acc))
         loss = loss.mean()
         b = batch["video"].shape[0]
         if self.nonfinite_loss != "off" and not bool(torch.isfinite(loss)):
@@ -442,31 +451,9 @@ class VideoDiffusionModule(pl.LightningModule):
                 self.log("val/loss", per_t.mean(), sync_dist=True)
                 for i, v in enumerate(per_t):
                     self.log(f"val/loss_stratum{i:02d}", v, sync_dist=True)
-            if (
-                self._val_inputs
-                and self.validation_cfg["num_samples"] > 0
-                and not self.trainer.sanity_checking
-            ):
-                self._write_validation_samples()
         finally:
             if self.ema is not None and self.ema_cfg.get("use_for_validation", True):
                 self.ema.restore(self.trainable_parameters())
-
-    @torch.no_grad()
-    def _write_validation_samples(self) -> None:
-        if self.global_rank != 0:
-            return
-        from i2vlab.utils.video_io import write_video
-
-        inp = self._val_inputs
-        videos = self.sample(
-            **inp, seed=self.seed, num_inference_steps=int(self.validation_cfg["sample_steps"])
-        )
-        root = Path(self.validation_cfg["sample_dir"] or Path(self.trainer.default_root_dir) / "samples")
-        paths = [write_video(root / f"step{self.global_step:07d}_{i}.mp4", v) for i, v in enumerate(videos)]
-        log.info("validation samples written to %s", root)
-        for logger in self.loggers:
-            _log_videos(logger, paths, videos, inp["prompts"], self.global_step)
 
     # ------------------------------------------------------------------------------------------
     # optimisation
@@ -506,77 +493,18 @@ class VideoDiffusionModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
     # ------------------------------------------------------------------------------------------
-    # checkpoints
+    # checkpoints and exports (contents in i2vlab.training.state)
     # ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if not self.checkpoint_frozen:
-            keep = set(self.configure_trainable())
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["i2vlab"] = {
-            "trainable": list(self.configure_trainable()),
-            "checkpoint_frozen": self.checkpoint_frozen,
-        }
-        if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
+        save_contents(self, checkpoint)
         self._save_global_data_health(checkpoint)
-        checkpoint["rng"] = {
-            "python": random.getstate(),
-            "numpy": _numpy_rng_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        names = set(self.configure_trainable())
-        missing = names - set(checkpoint.get("state_dict", {}))
-        if missing:
-            raise RuntimeError(
-                f"checkpoint lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}): it was written "
-                "by a different method/trainable config"
-            )
-        if self.ema is not None and "ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema"])
-        rng = checkpoint.get("rng")
-        if rng:
-            random.setstate(rng["python"])
-            kind, keys, pos, has_gauss, cached = rng["numpy"]
-            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_contents(self, checkpoint)
 
     def export_trainable(self, path: str | Path, config: Any = None, use_ema: bool = False) -> Path:
         """Write only the trainable weights as safetensors (and ``config.yaml`` beside it)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if use_ema and self.ema is not None:
-            self.ema.store(self.trainable_parameters())
-            self.ema.copy_to(self.trainable_parameters())
-        try:
-            tensors = {
-                k: v.detach().to("cpu", copy=True).contiguous() for k, v in trainable_state_dict(self).items()
-            }
-        finally:
-            if use_ema and self.ema is not None:
-                self.ema.restore(self.trainable_parameters())
-        tmp = path.with_name(f".{path.name}.tmp")
-        from i2vlab.utils.config import git_revision
-
-        meta = {
-            "format": "pt",
-            "method": type(self).__name__,
-            "git_revision": git_revision(),
-            "ema": str(use_ema),
-        }
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-        if config is not None:
-            from omegaconf import OmegaConf
-
-            OmegaConf.save(config, path.parent / "config.yaml")
-        return path
+        return export_trainable(self, path, config=config, use_ema=use_ema)
 
     def init_from(self, path: str | Path) -> list[str]:
         """Initialise from a previous run (export or checkpoint): every matching tensor is copied."""
@@ -584,68 +512,4 @@ class VideoDiffusionModule(pl.LightningModule):
 
     def load_trainable(self, path: str | Path, strict: bool = True) -> list[str]:
         """Load an :meth:`export_trainable` file into this module. Returns the loaded names."""
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-        names = set(self.configure_trainable())
-        if strict and set(tensors) != names:
-            extra, missing = sorted(set(tensors) - names)[:3], sorted(names - set(tensors))[:3]
-            raise RuntimeError(
-                f"{path}: trainable weights do not match this model (extra {extra}, missing {missing})"
-            )
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for k, v in tensors.items():
-                if k not in own:
-                    raise KeyError(f"{path}: unknown parameter {k}")
-                own[k].copy_(v.to(own[k].dtype))
-        return sorted(tensors)
-
-
-def _numpy_rng_state() -> tuple:
-    """numpy's global RNG state in plain Python types (loadable with ``torch.load(weights_only=True)``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return kind, keys.tolist(), int(pos), int(has_gauss), float(cached)
-
-
-def _log_videos(logger: Any, paths: list[Path], videos: torch.Tensor, captions: list[str], step: int) -> None:
-    """Send validation videos to wandb / TensorBoard (CSV loggers keep the files only)."""
-    name = type(logger).__name__
-    try:
-        if name == "WandbLogger":
-            logger.log_video("val/samples", videos=[str(p) for p in paths], step=step, caption=captions)
-        elif name == "TensorBoardLogger":
-            frames = ((videos.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)  # b f c h w
-            strip = rearrange(frames, "b f c h w -> c (b h) (f w)")
-            logger.experiment.add_image("val/samples", strip, global_step=step)
-    except Exception as e:  # logging media must never stop training
-        log.warning("could not log validation videos to %s: %s", name, e)
-
-
-def load_weights_file(path: str | Path, what: str = "init_from") -> dict[str, torch.Tensor]:
-    """An export (``.safetensors``) or a training checkpoint (``.ckpt``, loaded with the safe loader:
-    no code in it can run) -> flat tensors."""
-    from i2vlab.utils.safe_load import load_weights
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist (an export .safetensors or a .ckpt)")
-    ckpt = load_weights(path, what=what)
-    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-
-
-def load_matching(module: nn.Module, path: str | Path | Mapping[str, torch.Tensor]) -> list[str]:
-    """Copy every tensor of ``path`` whose name and shape match a parameter of ``module`` (e.g. the
-    previous training stage's export). Returns the names loaded; fails if none matched."""
-    tensors = path if isinstance(path, Mapping) else load_weights_file(path)
-    own = dict(module.named_parameters())
-    loaded = []
-    with torch.no_grad():
-        for k, v in tensors.items():
-            if k in own and own[k].shape == v.shape:
-                own[k].copy_(v.to(own[k].dtype))
-                loaded.append(k)
-    if not loaded:
-        src = "the given tensors" if isinstance(path, Mapping) else path
-        raise RuntimeError(f"init_from: no tensor in {src} matches this model's parameters")
-    return loaded
+        return load_trainable(self, path, names=set(self.configure_trainable()), strict=strict)

@@ -1,6 +1,7 @@
-"""Lightning callbacks: throughput and memory logging, checkpoint-and-stop on preemption signals.
+"""Lightning callbacks: validation videos, throughput and memory logging, checkpoint-and-stop on
+preemption signals.
 
-(Checkpoint files and their integrity: :mod:`i2vlab.checkpoints`.)"""
+(Checkpoint files and their integrity: :mod:`i2vlab.training.checkpoints`.)"""
 
 from __future__ import annotations
 
@@ -51,6 +52,49 @@ def peak_memory_gb(device: torch.device | None = None) -> float:
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class ValidationVideos(pl.Callback):
+    """Fixed-seed validation videos: after each validation (not the sanity check), rank 0 samples the
+    method from the first validation clips (``method.validation.num_samples`` of them, with
+    ``sample_steps`` steps), writes ``<sample_dir>/step<N>_<i>.mp4`` and sends them to wandb /
+    TensorBoard. Runs while the EMA weights are still swapped in when EMA validation is on."""
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        cfg = getattr(pl_module, "validation_cfg", {})
+        inputs = getattr(pl_module, "_val_inputs", None)
+        if trainer.sanity_checking or not inputs or int(cfg.get("num_samples", 0)) <= 0:
+            return
+        if trainer.global_rank != 0:
+            return
+        from i2vlab.utils.video_io import write_video
+
+        with torch.no_grad():
+            videos = pl_module.sample(
+                **inputs, seed=pl_module.seed, num_inference_steps=int(cfg["sample_steps"])
+            )
+        root = Path(cfg.get("sample_dir") or Path(trainer.default_root_dir) / "samples")
+        step = trainer.global_step
+        paths = [write_video(root / f"step{step:07d}_{i}.mp4", v) for i, v in enumerate(videos)]
+        log.info("validation samples written to %s", root)
+        for logger in trainer.loggers:
+            log_videos(logger, paths, videos, inputs["prompts"], step)
+
+
+def log_videos(logger: Any, paths: list[Path], videos: torch.Tensor, captions: list[str], step: int) -> None:
+    """Send validation videos to wandb / TensorBoard (CSV loggers keep the files only)."""
+    name = type(logger).__name__
+    try:
+        if name == "WandbLogger":
+            logger.log_video("val/samples", videos=[str(p) for p in paths], step=step, caption=captions)
+        elif name == "TensorBoardLogger":
+            from einops import rearrange
+
+            frames = ((videos.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)  # b f c h w
+            strip = rearrange(frames, "b f c h w -> c (b h) (f w)")
+            logger.experiment.add_image("val/samples", strip, global_step=step)
+    except Exception as e:  # noqa: BLE001 - logging media must never stop training
+        log.warning("could not log validation videos to %s: %s", name, e)
 
 
 class PreemptionCheckpoint(pl.Callback):

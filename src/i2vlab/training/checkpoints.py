@@ -99,7 +99,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     t.unlink()
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
-        return load_torch_file(path, what="checkpoint", map_location=map_location)
+        return load_torch_file(path, what="checkpoint", map_location=map_location, trust_flag=None)
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         super().remove_checkpoint(path)
@@ -135,7 +135,7 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
             return "content does not match the checksum written with it"
         return None
     try:
-        ckpt = load_torch_file(path, what="checkpoint")
+        ckpt = load_torch_file(path, what="checkpoint", trust_flag=None)
     except (CorruptFileError, RuntimeError, OSError) as e:
         return str(e).split(". ", 1)[-1][:200] if isinstance(e, CorruptFileError) else str(e)[:200]
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

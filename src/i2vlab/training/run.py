@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from i2vlab.checkpoints import AtomicCheckpointIO, clean_leftovers, find_resume_checkpoint
 from i2vlab.errors import UserError
+from i2vlab.training.checkpoints import AtomicCheckpointIO, clean_leftovers, find_resume_checkpoint
 from i2vlab.utils.config import git_revision
 from i2vlab.utils.runtime import global_rank, quiet_logs
 from i2vlab.utils.validate import validate_train_config

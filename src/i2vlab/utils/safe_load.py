@@ -31,7 +31,7 @@ def load_torch_file(
     path: str | os.PathLike,
     what: str = "checkpoint",
     trust: bool = False,
-    trust_flag: str = "--trust-checkpoint",
+    trust_flag: str | None = "--trust-checkpoint",
     map_location: Any = "cpu",
 ) -> Any:
     """``torch.load`` with ``weights_only=True`` (tensors, containers, numbers, strings only).
@@ -52,11 +52,15 @@ def load_torch_file(
         # weights_only refuses a file that would import a global (a class, a function): such a file
         # needs full unpickling; any other unpickling error is a damaged or foreign file
         if not trust and "GLOBAL" in str(e):
+            allow = (
+                f"If (and only if) you trust where it came from, pass {trust_flag} to allow it; better, "
+                if trust_flag
+                else ""
+            )
             raise UnsafeCheckpointError(
                 f"{what} {path} holds Python objects besides tensors, which only full unpickling can "
-                f"read, and unpickling runs code stored in the file. It was not loaded. If (and only if) "
-                f"you trust where it came from, pass {trust_flag} to allow it; better, convert it once "
-                f"to safetensors on a machine you trust. ({_global_line(e)})"
+                f"read, and unpickling runs code stored in the file. It was not loaded. {allow}"
+                f"{'c' if allow else 'C'}onvert it once to safetensors on a machine you trust. ({_global_line(e)})"
             ) from e
         hint = (
             ""

@@ -48,7 +48,9 @@ def encode_mp4(video: torch.Tensor | np.ndarray, fps: float = 8.0, crf: int = 18
     """Encode one video to mp4 bytes. Width and height are padded to even numbers if needed."""
     import av
 
-    frames = to_uint8_frames(video)
+    # PyAV reads the array's buffer as packed rows: a strided view (a permuted tensor) would be
+    # encoded from whatever memory follows it
+    frames = np.ascontiguousarray(to_uint8_frames(video))
     f, h, w, _ = frames.shape
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -56,14 +58,21 @@ def encode_mp4(video: torch.Tensor | np.ndarray, fps: float = 8.0, crf: int = 18
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         codec = _pick_codec()
-        stream = container.add_stream(codec, rate=_fps_fraction(fps))
+        rate = _fps_fraction(fps)
+        stream = container.add_stream(codec, rate=rate)
+        stream.time_base = 1 / rate
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            # mbtree off: x264's macroblock-tree rate control is floating-point and its output changed
+            # with the process's floating-point state (after torch/oneDNN had run, the same frames
+            # gave different files); the same video must give the same file
+            stream.options = {"crf": str(crf), "preset": "veryfast", "mbtree": "0"}
         else:
             stream.bit_rate = 8_000_000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = i  # explicit timestamps in the stream's time base (1/fps)
+            for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
