@@ -202,18 +202,18 @@ def cmd_export(a: argparse.Namespace) -> Path:
             raise SystemExit(
                 "--full-unet needs --run (a run directory, checkpoint or export with its config)"
             )
-        from i2vlab.sampling import load_method
+        from i2vlab.pipelines import load_pipeline
 
-        module = load_method(a.run, overrides=a.set)
-        tensors = to_official_unet_state_dict(module.unet.state_dict())
+        pipe = load_pipeline(a.run, overrides=a.set)
+        tensors = to_official_unet_state_dict(pipe.unet.state_dict())
     else:
         if a.adapter:
             adapter = read_checkpoint(a.adapter, trust=a.trust_checkpoint)
         elif a.run:
             from i2vlab.models.i2v_adapter import i2v_adapter_state_dict
-            from i2vlab.sampling import load_method
+            from i2vlab.pipelines import load_pipeline
 
-            adapter = i2v_adapter_state_dict(load_method(a.run, overrides=a.set).unet)
+            adapter = i2v_adapter_state_dict(load_pipeline(a.run, overrides=a.set).unet)
         else:
             raise SystemExit("give --adapter <trainable.safetensors> or --run <run>")
         tensors = export_official_adapter(adapter)

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from i2vlab.errors import report_user_errors  # noqa: E402
-from i2vlab.sampling import find_run_config, load_method  # noqa: E402
+from i2vlab.pipelines.loading import find_run_config, load_pipeline  # noqa: E402
 from i2vlab.utils.video_io import load_image, write_video  # noqa: E402
 
 
@@ -40,19 +40,14 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-#: conditioning images per video, by method class (and DynamiCrafter's interpolation switch)
-KEYFRAMES = {"AnimateDiffT2V": 0, "I2VAdapter": 1, "DynamiCrafter": 1, "GenerativeInbetweening": 2}
-
-
 def required_images(cfg) -> tuple[int, str]:
     """(images per video, method description) from a run config, without building the model."""
-    from omegaconf import OmegaConf
+    from i2vlab.pipelines.loading import pipeline_class
 
-    target = str(OmegaConf.select(cfg, "method._target_", default="")).rsplit(".", 1)[-1]
-    n = KEYFRAMES.get(target, -1)
-    if target == "DynamiCrafter" and OmegaConf.select(cfg, "method.interp_mode", default=False):
-        return 2, "DynamiCrafter interpolation"
-    return n, target or "unknown method"
+    cls = pipeline_class(cfg)
+    n = cls.keyframes_for(cfg.method)
+    name = cls.__name__.removesuffix("Pipeline")
+    return n, f"{name} interpolation" if n == 2 and name == "DynamiCrafter" else name
 
 
 def check_images(paths: list[str], prompts: list[str], cfg, sets: dict) -> None:
@@ -114,14 +109,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not run.exists():
         raise SystemExit(f"--run {a.run}: no such run directory or file")
     check_images(a.image, prompts, find_run_config(run), kwargs)
-    module = load_method(a.run, overrides=a.override, use_ema=a.ema, device=a.device)
-    size = tuple(module.run_config.backbone.get("resolution", (256, 256)))
+    pipe = load_pipeline(a.run, overrides=a.override, use_ema=a.ema, device=a.device)
+    size = tuple(pipe.run_config.backbone.get("resolution", (256, 256)))
     images = torch.stack([load_image(p, size) for p in a.image]).to(a.device) if a.image else None
-    if images is not None and images.shape[0] == 2 * len(prompts) == 2:
+    if images is not None and images.shape[0] == 2 * len(prompts) == 2:  # two keyframes for one video
         kwargs.setdefault("last_images", images[1:])
         images = images[:1]
     t0 = time.perf_counter()
-    videos = module.sample(prompts, images=images, num_frames=a.num_frames, seed=a.seed, **kwargs)
+    videos = pipe(prompts, images=images, num_frames=a.num_frames, seed=a.seed, **kwargs)
     dt = time.perf_counter() - t0
     run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent.parent
     out = Path(a.out) if a.out else run_dir / "samples" / f"sample_{time.strftime('%Y%m%d-%H%M%S')}.mp4"

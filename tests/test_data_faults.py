@@ -110,7 +110,7 @@ def test_truncated_tar_keeps_samples_before_the_cut_counts_the_shard_and_logs_it
         second = list(ds)
     assert 1 <= len(first) < 4 and [s["key"] for s in first] == [s["key"] for s in second]
     assert ds.health["truncated_shard"] == 1  # found after the last whole sample, counted in the stream
-    assert caplog.text.count("cut.tar") == 1  # one line per shard, not per pass
+    assert sum("cut.tar" in r.getMessage() for r in caplog.records) == 1  # one line per shard, not per pass
 
 
 def test_a_shard_that_is_not_a_tar_and_duplicate_keys_are_counted(tmp_path):

@@ -163,8 +163,10 @@ def test_conditioning_dropout_scheme_and_concat_never_dropped(tmp_path):
         # the context of a dropped image equals the context of a zero image
         for i in range(2):
             img = batch["video"][i, int(cond["cond_frame"][i])][None]
-            tok = m.image_context(torch.zeros_like(img) if cond["drop_image"][i] else img)
-            torch.testing.assert_close(cond["context"][i, m.text_context_len :], tok[0], atol=1e-5, rtol=1e-4)
+            tok = m.pipe.image_context(torch.zeros_like(img) if cond["drop_image"][i] else img)
+            torch.testing.assert_close(
+                cond["context"][i, m.pipe.text_context_len :], tok[0], atol=1e-5, rtol=1e-4
+            )
     # r ~ U(0,1): text-only (r<p), both (p<=r<2p), image-only (2p<=r<3p), none; never "image only" below p
     assert seen <= {(True, False), (True, True), (False, True), (False, False)}
     assert {(True, False), (True, True), (False, True)} <= seen
@@ -215,7 +217,7 @@ def test_trainable_sets_per_stage(tmp_path):
         assert not any(n.startswith(("vae.", "text_encoder.", "image_encoder.")) for n in tr)
         assert {n for n in allp if n.startswith("image_proj_model.")} <= tr
     m1, tr1, all1 = names["stage1"]
-    assert not m1.is_3d and not m1.vdg
+    assert not m1.pipe.is_3d and not m1.pipe.vdg
     assert tr1 == {
         n
         for n in all1
@@ -224,7 +226,7 @@ def test_trainable_sets_per_stage(tmp_path):
     }
     for stage, in_ch in (("stage2", 4), ("stage3", 8)):
         m, tr, allp = names[stage]
-        assert m.unet.config.in_channels == in_ch and m.vdg == (in_ch == 8)
+        assert m.unet.config.in_channels == in_ch and m.pipe.vdg == (in_ch == 8)
         unet_all = {n for n in allp if n.startswith("unet.")}
         temporal = {n for n in unet_all if TEMPORAL.fullmatch(n)}
         assert temporal and not (temporal & tr)  # temporal layers frozen throughout
@@ -278,47 +280,49 @@ def test_sampler_keeps_concat_in_uncond_and_multicond_equals_standard(tmp_path):
     m.eval()
     images = toy_batch(b=2)["video"][:, 0]
     calls = []
-    original = m.denoise
+    original = m.pipe.denoise
 
     def spy(noisy, t, cond):
         calls.append(cond["concat"])
         return original(noisy, t, cond)
 
-    m.denoise = spy
+    m.pipe.denoise = spy
     kw = dict(num_frames=8, seed=3, num_inference_steps=3, return_latents=True)
-    std = sample_dynamicrafter(m, ["a", "b"], images, guidance_scale=5.0, **kw)
+    std = sample_dynamicrafter(m.pipe, ["a", "b"], images, guidance_scale=5.0, **kw)
     concat = calls[0].chunk(2)  # (cond, uncond) batched together
     assert concat[0].abs().sum() > 0
     torch.testing.assert_close(concat[0], concat[1])  # c_concat kept in the unconditional branch
     torch.testing.assert_close(concat[0][:, :, 0], m.encode_image(images))
     calls.clear()
     multi = sample_dynamicrafter(
-        m, ["a", "b"], images, guidance_scale=5.0, multiple_cond_cfg=True, cfg_img=5.0, **kw
+        m.pipe, ["a", "b"], images, guidance_scale=5.0, multiple_cond_cfg=True, cfg_img=5.0, **kw
     )
     assert calls[0].shape[0] == 6 and all(torch.equal(calls[0][:2], x) for x in calls[0].chunk(3))
     torch.testing.assert_close(multi, std, atol=1e-4, rtol=1e-4)
     different = sample_dynamicrafter(
-        m, ["a", "b"], images, guidance_scale=5.0, multiple_cond_cfg=True, cfg_img=1.0, **kw
+        m.pipe, ["a", "b"], images, guidance_scale=5.0, multiple_cond_cfg=True, cfg_img=1.0, **kw
     )
     assert not torch.allclose(different, std, atol=1e-4)
-    m.denoise = original
+    m.pipe.denoise = original
     vid = m.sample(["a"], images=images[:1], num_frames=8, seed=0, num_inference_steps=2, fs=5)
     assert vid.shape == (1, 8, 3, 32, 32) and vid.abs().max() <= 1
 
 
 def test_training_loss_sees_dynamically_rescaled_x0(tmp_path):
-    """512/1024 recipes: the noisy input and the v target are built from x0 * scale_arr[t]."""
+    """512/1024 recipes: both the noisy input and the v target are built from x0 * scale_arr[t]."""
+    from i2vlab.diffusion.schedules import training_target
+
     model = build("toy_dynamicrafter_stage3", tmp_path)
     model.configure_trainable()
     x0 = torch.randn(2, 4, 3, 8, 8)
     t = torch.tensor([0, 999])
-    assert torch.equal(model.scale_clean_latents(x0, t), x0)  # off: unchanged
-    model.use_dynamic_rescale, model.base_scale, model.turning_step = True, 0.3, 400
-    scaled = model.scale_clean_latents(x0, t)
+    assert torch.equal(model.objective.clean(x0, t), x0)  # off: unchanged
+    model.pipe.use_dynamic_rescale, model.pipe.base_scale, model.pipe.turning_step = True, 0.3, 400
+    model.objective = model.build_objective()
+    scaled = model.objective.clean(x0, t)
     assert torch.allclose(scaled[0], x0[0]) and torch.allclose(scaled[1], 0.3 * x0[1])
-    seen = []
-    denoise = model.denoise
-    model.denoise = lambda noisy, tt, cond: seen.append(noisy) or denoise(noisy, tt, cond)
+    sched = model.pipe.noise_scheduler
+    sched.register_to_config(prediction_type="v_prediction")
     video = torch.rand(2, 4, 3, 32, 32) * 2 - 1
     batch = {
         "video": video,
@@ -326,9 +330,22 @@ def test_training_loss_sees_dynamically_rescaled_x0(tmp_path):
         "fps": torch.full((2,), 8.0),
         "frame_stride": torch.ones(2),
     }
-    g = torch.Generator().manual_seed(0)
-    model.compute_loss(batch, g, timesteps=torch.tensor([999, 999]), train=False)
-    model.use_dynamic_rescale = False
-    g = torch.Generator().manual_seed(0)
-    model.compute_loss(batch, g, timesteps=torch.tensor([999, 999]), train=False)
-    assert not torch.allclose(seen[0], seen[1])  # the rescale reaches the network input
+    latents = model.encode_latents(batch, None)
+    noise = torch.randn_like(latents)
+    levels = torch.tensor([999, 999])
+    seen = {}
+
+    def denoise(noisy, tt, cond):  # the network: record its input, predict zeros
+        seen["noisy"] = noisy
+        return torch.zeros_like(noisy)
+
+    model.denoise = denoise
+    loss, _ = model.compute_loss(
+        batch, torch.Generator().manual_seed(0), levels=levels, train=False, noise=noise, latents=latents
+    )
+    clean = latents * 0.3  # scale_arr[999] = base_scale
+    torch.testing.assert_close(seen["noisy"], sched.add_noise(clean, noise, levels))
+    target = training_target(sched, clean, noise, levels)
+    torch.testing.assert_close(loss, target.pow(2).mean(dim=(1, 2, 3, 4)))  # zero prediction: |v|^2
+    unscaled = training_target(sched, latents, noise, levels).pow(2).mean(dim=(1, 2, 3, 4))
+    assert not torch.allclose(loss, unscaled)  # the target side sees the rescale too

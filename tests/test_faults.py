@@ -145,8 +145,8 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path):
 
 # -- pickles never run ------------------------------------------------------------------------------------
 def test_crafted_pickles_never_run_through_any_loading_entry_point(trained, tmp_path, toy_data):
-    from i2vlab.methods.base import load_weights_file
-    from i2vlab.sampling import load_method
+    from i2vlab.pipelines import load_pipeline
+    from i2vlab.training.state import load_weights_file
 
     marker = tmp_path / "PWNED"
     evil = _evil_ckpt(tmp_path / "evil.ckpt", marker, like=trained / "checkpoints" / "last.ckpt")
@@ -159,7 +159,7 @@ def test_crafted_pickles_never_run_through_any_loading_entry_point(trained, tmp_
     shutil.copy(evil, run / "checkpoints" / "last.ckpt")
     (run / "checkpoints" / "last.ckpt.sha256").unlink()
     with pytest.raises(UnsafeCheckpointError):
-        load_method(run / "checkpoints" / "last.ckpt")  # sample.py, evaluate.py's generate step
+        load_pipeline(run / "checkpoints" / "last.ckpt")  # sample.py, evaluate.py's generate step
     proc = subprocess.run(
         [
             sys.executable,

@@ -202,7 +202,7 @@ def test_frame0_is_the_clean_latent_in_training(module):
     h = module.unet.register_forward_pre_hook(cap, with_kwargs=True)
     try:
         t = torch.tensor([999, 500])
-        module.compute_loss(b, torch.Generator().manual_seed(3), timesteps=t)
+        module.compute_loss(b, torch.Generator().manual_seed(3), levels=t)
     finally:
         h.remove()
     latents = module.encode_video(b["video"], torch.Generator().manual_seed(3))  # the same first draw
@@ -234,7 +234,7 @@ def test_all_frames_share_the_timestep_and_loss_excludes_frame0(cfg):
     t = torch.tensor([300, 800])
 
     def loss():
-        return m.compute_loss(batch(), torch.Generator().manual_seed(5), timesteps=t)[0]
+        return m.compute_loss(batch(), torch.Generator().manual_seed(5), levels=t)[0]
 
     base = loss()
     m.frame = 0
@@ -432,7 +432,7 @@ def test_converter_maps_official_first_frame_branch(cfg, tmp_path):
         check=True,
         cwd=REPO,
     )
-    loaded = m.load_adapter(dst)
+    loaded = m.pipe.load_adapter(dst)
     assert set(loaded) == set(m.configure_trainable()) == set(load_file(str(dst)))
     for k, v in dict(m.named_parameters()).items():
         if k in expect:
@@ -455,10 +455,10 @@ def test_converter_maps_official_first_frame_branch(cfg, tmp_path):
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    from i2vlab.sampling import load_method
+    from i2vlab.pipelines import load_pipeline
 
-    loaded_m = load_method(dst2)
-    own = dict(loaded_m.named_parameters())
+    loaded_m = load_pipeline(dst2)
+    own = loaded_m.named_tensors()
     assert all(torch.equal(own[k], v) for k, v in expect.items())
     # and back: export to the official layout (what inference.py --i2v_module_path loads)
     back = tmp_path / "back.pth"

@@ -53,7 +53,7 @@ def test_loss_falls_with_only_the_adapter_training(tmp_path):
 
     def loss():
         with torch.no_grad():
-            return m.compute_loss(batch, torch.Generator().manual_seed(1), timesteps=t, train=False)[0].mean()
+            return m.compute_loss(batch, torch.Generator().manual_seed(1), levels=t, train=False)[0].mean()
 
     start = loss()
     opt = torch.optim.AdamW(params, lr=3e-3)

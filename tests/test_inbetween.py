@@ -78,7 +78,7 @@ def test_rotate_map_is_180_degree_rotation_and_an_involution():
 
 
 def test_reference_pass_stores_every_temporal_layer(module):
-    names = module.controlled_layers
+    names = module.pipe.controlled_layers
     assert len(names) == 4 and all(n.endswith("temporal_transformer_blocks.0.attn1") for n in names)
     assert [n.split(".")[0] for n in names] == ["down_blocks", "mid_block", "up_blocks", "up_blocks"]
     for n in names:
@@ -87,9 +87,9 @@ def test_reference_pass_stores_every_temporal_layer(module):
     batch = {"video": toy_video(2)}
     with torch.no_grad():
         module.compute_loss(batch, torch.Generator().manual_seed(0))
-    assert sorted(module.attention_store.maps) == sorted(names)
+    assert sorted(module.pipe.attention_store.maps) == sorted(names)
     for n in names:
-        p = module.attention_store.maps[n]
+        p = module.pipe.attention_store.maps[n]
         heads = module.ref_unet.get_submodule(n).heads
         assert p.shape[1:] == (heads, F, F) and p.shape[0] % 2 == 0
         torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))  # row-stochastic
@@ -97,7 +97,7 @@ def test_reference_pass_stores_every_temporal_layer(module):
 
 
 def test_flip_processor_output_is_rotated_map_times_own_values(module):
-    name = module.controlled_layers[0]
+    name = module.pipe.controlled_layers[0]
     attn = module.unet.get_submodule(name)
     n, c = 3, attn.to_v.in_features
     x = torch.randn(n, F, c)
@@ -124,19 +124,19 @@ def test_flip_processor_output_is_rotated_map_times_own_values(module):
         with torch.no_grad():
             attn.to_k.weight.div_(-3.0)
             attn.to_q.weight.sub_(1.0)
-        attn.set_processor(AttentionFlipProcessor(module.attention_store, name))
+        attn.set_processor(AttentionFlipProcessor(module.pipe.attention_store, name))
 
 
 def test_flip_processor_requires_the_reference_pass(module):
     store = AttentionStore()
-    name = module.controlled_layers[0]
+    name = module.pipe.controlled_layers[0]
     attn = module.unet.get_submodule(name)
     attn.set_processor(AttentionFlipProcessor(store, name))
     try:
         with pytest.raises(RuntimeError, match="reference"):
             attn(torch.randn(2, F, attn.to_v.in_features))
     finally:
-        attn.set_processor(AttentionFlipProcessor(module.attention_store, name))
+        attn.set_processor(AttentionFlipProcessor(module.pipe.attention_store, name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,38 +144,47 @@ def test_flip_processor_requires_the_reference_pass(module):
 # ----------------------------------------------------------------------------------------------
 def test_trainable_parameters_are_v_and_out_weights_of_temporal_self_attention(module):
     names = trainable_names(module)
-    assert len(names) == 2 * len(module.controlled_layers)
-    expected = {f"unet.{n}.to_v.weight" for n in module.controlled_layers}
-    expected |= {f"unet.{n}.to_out.0.weight" for n in module.controlled_layers}
+    assert len(names) == 2 * len(module.pipe.controlled_layers)
+    expected = {f"unet.{n}.to_v.weight" for n in module.pipe.controlled_layers}
+    expected |= {f"unet.{n}.to_out.0.weight" for n in module.pipe.controlled_layers}
     assert set(names) == expected
     assert all(not p.requires_grad for p in module.ref_unet.parameters())
 
 
-def test_training_batch_is_time_reversed_and_conditioned_on_the_last_frame(module):
+def test_training_batch_is_time_reversed_and_conditioned_on_the_last_frame(module, monkeypatch):
+    from einops import rearrange
+
+    import i2vlab.methods.inbetween as method_mod
+
     video = toy_video(2, seed=3)
-    x = module.training_inputs({"video": video}, torch.Generator().manual_seed(7))
-    # replay the generator in the documented order: video latents, sigma, latent noise, image noise
-    g = torch.Generator().manual_seed(7)
-    lat = module.encode_video(video, g).transpose(1, 2)  # b f c h w, forward in time
-    sigma = edm.sample_sigmas(2, g, 0.7, 1.6)
-    noise = torch.randn(lat.shape, generator=g)
-    img_noise = torch.randn(video[:, 0].shape, generator=g)
-    torch.testing.assert_close(x["sigma"], sigma)
-    torch.testing.assert_close(x["target"], lat.flip(1))  # target = reversed clip
-    assert not torch.allclose(x["target"], lat)
-    torch.testing.assert_close(x["noisy"], lat.flip(1) + noise * sigma.view(2, 1, 1, 1, 1))
-    torch.testing.assert_close(x["ref_noisy"], x["noisy"].flip(1))  # reference input = forward video
-    emb_last, lat_last = module.encode_condition(video[:, -1], img_noise)
-    emb_first, lat_first = module.encode_condition(video[:, 0], img_noise)
-    torch.testing.assert_close(x["cond_embeds"], emb_last)
-    torch.testing.assert_close(x["cond_latents"], lat_last)
-    torch.testing.assert_close(x["ref_embeds"], emb_first)
-    torch.testing.assert_close(x["ref_latents"], lat_first)
-    assert not torch.allclose(x["cond_embeds"], x["ref_embeds"])
+    z_rev = module.encode_latents({"video": video}, None)  # the VAE mode (no generator): b c f h w
+    lat = module.encode_video(video)  # forward in time
+    torch.testing.assert_close(z_rev, lat.flip(2))  # target = reversed clip
+    assert not torch.allclose(z_rev, lat)
+    cond = module.prepare_conditions({"video": video}, z_rev, torch.Generator().manual_seed(7))
+    img_noise = torch.randn(video[:, 0].shape, generator=torch.Generator().manual_seed(7))  # its one draw
+    emb_last, lat_last = module.pipe.encode_condition(video[:, -1], img_noise)
+    emb_first, lat_first = module.pipe.encode_condition(video[:, 0], img_noise)
+    torch.testing.assert_close(cond["cond"][0], emb_last)
+    torch.testing.assert_close(cond["cond"][1], lat_last)
+    torch.testing.assert_close(cond["ref"][0], emb_first)
+    torch.testing.assert_close(cond["ref"][1], lat_first)
+    assert not torch.allclose(cond["cond"][0], cond["ref"][0])
     # conditioning latents: unscaled VAE mode of the frame plus 0.02 noise
     expected = module.vae.encode(video[:, -1] + 0.02 * img_noise).latent_dist.mode()
-    torch.testing.assert_close(x["cond_latents"], expected)
-    torch.testing.assert_close(x["time_ids"], torch.tensor([[6.0, 127.0, 0.02]]).repeat(2, 1))
+    torch.testing.assert_close(cond["cond"][1], expected)
+    torch.testing.assert_close(cond["time_ids"], torch.tensor([[6.0, 127.0, 0.02]]).repeat(2, 1))
+    # the reference UNet sees the forward video (the noisy reversed one flipped back), first
+    calls, forward = [], method_mod.svd_unet_forward
+    monkeypatch.setattr(
+        method_mod, "svd_unet_forward", lambda unet, x, *a: calls.append((unet, x)) or forward(unet, x, *a)
+    )
+    noisy = torch.randn(z_rev.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        module.denoise(noisy, torch.tensor([1.0, 2.0]), cond)
+    assert [c[0] for c in calls] == [module.ref_unet, module.unet]
+    torch.testing.assert_close(calls[0][1], rearrange(noisy, "b c f h w -> b f c h w").flip(1))
+    torch.testing.assert_close(calls[1][1], rearrange(noisy, "b c f h w -> b f c h w"))
 
 
 def test_loss_is_edm_objective_gradients_reach_only_v_and_out_and_checkpointing_keeps_layers_aligned(module):
@@ -183,7 +192,7 @@ def test_loss_is_edm_objective_gradients_reach_only_v_and_out_and_checkpointing_
     sig = torch.tensor([1.5])
     module.train()
     module.zero_grad(set_to_none=True)
-    loss, _ = module.compute_loss(batch, torch.Generator().manual_seed(2), timesteps=sig)
+    loss, _ = module.compute_loss(batch, torch.Generator().manual_seed(2), levels=sig)
     loss.sum().backward()
     # exactly the two weights per temporal self-attention layer receive gradients (the flip layers'
     # own query/key are unused; see also the flip-processor test)
@@ -191,24 +200,24 @@ def test_loss_is_edm_objective_gradients_reach_only_v_and_out_and_checkpointing_
     assert got == set(trainable_names(module))
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
     # the loss by hand, from the same inputs
-    x = module.training_inputs(batch, torch.Generator().manual_seed(2), sigmas=sig)
     with torch.no_grad():
-        module.attention_store.clear()
-        svd_unet_forward(
-            module.ref_unet, x["ref_noisy"], sig, x["ref_embeds"], x["ref_latents"], x["time_ids"]
+        z_rev = module.encode_latents(batch, None)
+        noise = torch.randn(z_rev.shape, generator=torch.Generator().manual_seed(3))
+        loss_fixed, _ = module.compute_loss(
+            batch, torch.Generator().manual_seed(2), levels=sig, noise=noise, latents=z_rev
         )
-        out = svd_unet_forward(
-            module.unet, x["noisy"], sig, x["cond_embeds"], x["cond_latents"], x["time_ids"]
-        )
+        cond = module.prepare_conditions(batch, z_rev, torch.Generator().manual_seed(2))
+        x = z_rev + sig.view(1, 1, 1, 1, 1) * noise
+        out = module.denoise(x, sig, cond)
         s = sig.view(1, 1, 1, 1, 1)
-        d = x["noisy"] / (s**2 + 1) - s / (s**2 + 1).sqrt() * out
-        manual = ((1 + sig**2) / sig**2) * (d - x["target"]).pow(2).mean(dim=(1, 2, 3, 4))
-    torch.testing.assert_close(loss.detach(), manual, rtol=1e-4, atol=1e-6)
+        d = x / (s**2 + 1) - s / (s**2 + 1).sqrt() * out
+        manual = ((1 + sig**2) / sig**2) * (d - z_rev).pow(2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(loss_fixed, manual, rtol=1e-5, atol=1e-7)
     # gradient checkpointing recomputes the flip layers in backward: same loss and gradients
     module.zero_grad(set_to_none=True)
     module.unet.enable_gradient_checkpointing()
     try:
-        loss2, _ = module.compute_loss(batch, torch.Generator().manual_seed(2), timesteps=sig)
+        loss2, _ = module.compute_loss(batch, torch.Generator().manual_seed(2), levels=sig)
         loss2.sum().backward()
     finally:
         module.unet.disable_gradient_checkpointing()
@@ -228,15 +237,13 @@ def test_loss_falls_when_fitting_a_batch(module):
 
     def fixed_loss() -> float:
         with torch.no_grad():
-            return (
-                module.compute_loss(batch, torch.Generator().manual_seed(0), timesteps=sig)[0].mean().item()
-            )
+            return module.compute_loss(batch, torch.Generator().manual_seed(0), levels=sig)[0].mean().item()
 
     try:
         module.train()
         before = fixed_loss()
         for _ in range(4):
-            loss, _ = module.compute_loss(batch, torch.Generator().manual_seed(0), timesteps=sig)
+            loss, _ = module.compute_loss(batch, torch.Generator().manual_seed(0), levels=sig)
             opt.zero_grad()
             loss.mean().backward()
             opt.step()
@@ -312,17 +319,24 @@ def test_fused_sampler_is_time_symmetric_for_identical_keyframes_and_a_symmetric
         backward_unet=module.ref_unet,
         return_latents=True,
     )
-    z = sample_inbetween(module, first, first, F, noise_sampler=symmetric_sampler, **kw)
+    z = sample_inbetween(module.pipe, first, first, F, noise_sampler=symmetric_sampler, **kw)
     assert counter["n"] == 2 * 2  # injections: 2 per step on int(4 * 0.5) = 2 steps
     torch.testing.assert_close(z, z.flip(1), rtol=1e-4, atol=1e-4)
     assert z.std() > 0.05
     # different keyframes break the symmetry (the check above is not vacuous)
     counter["n"] = 0
-    z2 = sample_inbetween(module, first, last, F, noise_sampler=symmetric_sampler, **kw)
+    z2 = sample_inbetween(module.pipe, first, last, F, noise_sampler=symmetric_sampler, **kw)
     assert (z2 - z2.flip(1)).abs().max() > 1e-2
     # TRF is symmetric in the same sense (no jumps: their noise is not symmetric)
     zt = sample_trf(
-        module, first, first, F, num_inference_steps=4, repeat_step_ratio=1.0, latents=z0, return_latents=True
+        module.pipe,
+        first,
+        first,
+        F,
+        num_inference_steps=4,
+        repeat_step_ratio=1.0,
+        latents=z0,
+        return_latents=True,
     )
     torch.testing.assert_close(zt, zt.flip(1), rtol=1e-4, atol=1e-4)
 
@@ -334,7 +348,7 @@ def test_noise_reinjection_counts_and_forward_runs_before_backward(module):
     h2 = module.unet.register_forward_hook(lambda *a: calls.append("bwd"))
     try:
         sample_inbetween(
-            module,
+            module.pipe,
             first,
             last,
             F,
@@ -360,7 +374,7 @@ def test_fp16_vae_encodes_the_keyframes_in_float32_as_the_svd_pipeline(module):
     seen = []
     m.vae.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
     first, last = _keyframes()
-    c0, c1 = encode_keyframes(m, first, last, torch.Generator().manual_seed(0), cfg=True)
+    c0, c1 = encode_keyframes(m.pipe, first, last, torch.Generator().manual_seed(0), cfg=True)
     assert seen == [torch.float32, torch.float32] and m.vae.dtype == torch.float16
     assert c0.latents.dtype == torch.float32 and torch.isfinite(c0.latents).all()
 

@@ -320,7 +320,7 @@ def run_sampler(name: str, m: DynamiCrafter | None = None) -> tuple[torch.Tensor
     )
     n = call["lvdm_steps"]
     out = pipe.sample_dynamicrafter(
-        m,
+        m.pipe,
         call["prompts"],
         fx["in.images"].double(),
         num_frames=call["frames"],
@@ -372,7 +372,7 @@ LOSSES = ["loss_256", "loss_512", "loss_interp"]
 def run_loss(name: str, monkeypatch) -> tuple[dict, object]:
     """Our ``compute_loss`` on the fixture's batch with the official run's draws: the dropout numbers
     and conditioning frame through :meth:`DynamiCrafter.conditioning_draws`, the timesteps as the
-    ``timesteps`` argument, the noise served to the core's ``torch.randn`` call."""
+    ``levels`` argument, the noise as the ``noise`` argument."""
     fx = load_fixture(GROUP, name)
     call = fx.meta["call"]
     m = module(call["style"], torch.float32, call["scale_factor"], **call["overrides"])
@@ -380,14 +380,6 @@ def run_loss(name: str, monkeypatch) -> tuple[dict, object]:
     b = video.shape[0]
     idx = torch.full((b,), call["cond_frame"] or 0, dtype=torch.long)  # official: one frame per batch
     monkeypatch.setattr(m, "conditioning_draws", lambda b_, f_, g_, train: (fx["in.r"], idx))
-    noise, randn = fx["in.noise"].float(), torch.randn
-
-    def served_randn(*args, **kwargs):
-        if kwargs.get("generator") is not None and tuple(args[0]) == tuple(noise.shape):
-            return noise.clone()
-        return randn(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "randn", served_randn)
     seen = {}
     denoise = m.denoise
 
@@ -403,7 +395,13 @@ def run_loss(name: str, monkeypatch) -> tuple[dict, object]:
         "frame_stride": fx["in.frame_stride"],
     }
     with torch.no_grad():
-        loss, _ = m.compute_loss(batch, torch.Generator().manual_seed(0), timesteps=fx["in.t"], train=True)
+        loss, _ = m.compute_loss(
+            batch,
+            torch.Generator().manual_seed(0),
+            levels=fx["in.t"],
+            train=True,
+            noise=fx["in.noise"].float(),
+        )
     seen["loss"] = loss
     return seen, fx
 

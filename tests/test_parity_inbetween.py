@@ -23,6 +23,7 @@ import math
 
 import pytest
 import torch
+from einops import rearrange
 from parity_helpers import assert_rel_close, load_fixture, rel_err
 
 from i2vlab.diffusion import edm
@@ -130,7 +131,11 @@ def test_attention_guard_without_rotation_misses_the_fixture(weights, monkeypatc
 # ----------------------------------------------------------------------------------------------
 # training step
 # ----------------------------------------------------------------------------------------------
-def training_step(weights, fx, break_inputs=None):
+def training_step(weights, fx, broken: str | None = None, monkeypatch=None):
+    """Our method's loss (the core's ``compute_loss`` with the method's hooks) on the fixture's step,
+    the official draws replayed: σ as ``levels``, the reversed clip's latents and noise as ``latents``
+    and ``noise``, the conditioning-frame noise through :meth:`conditioning_noise`. ``broken`` breaks
+    one piece on purpose (the guards)."""
     module = make_module(weights, "clip224")
     b_sd = weights.group("official.unet_b.")
     with torch.no_grad():  # the trainable UNet at a later step: unet_b's to_v / to_out.0 weights
@@ -138,29 +143,48 @@ def training_step(weights, fx, break_inputs=None):
             if name.endswith(V_OUT):
                 p.copy_(b_sd[name].double())
     module.train()
-    x = module.training_inputs(
+    module.conditioning_noise = lambda shape, g: fx["in.cond_noise"]
+    seen: dict = {}
+    prepare = module.prepare_conditions
+
+    def prepare_conditions(batch, latents, g, train=True):
+        cond = prepare(batch, latents, g, train)
+        seen.update(cond)
+        if broken == "conditions_swapped":
+            cond = {**cond, "cond": cond["ref"], "ref": cond["cond"]}
+        return cond
+
+    module.prepare_conditions = prepare_conditions
+    if (
+        broken == "ref_pass_on_reversed_video"
+    ):  # the reference pass sees the reversed video, not the forward one
+        forward = method_mod.svd_unet_forward
+
+        def svd_unet_forward(unet, x, *args):
+            return forward(unet, x.flip(1) if unet is module.ref_unet else x, *args)
+
+        monkeypatch.setattr(method_mod, "svd_unet_forward", svd_unet_forward)
+    if broken == "unit_loss_weight":
+        module.objective.weight = lambda s: torch.ones_like(s)
+    loss, _ = module.compute_loss(
         {"video": fx["in.video"]},
         torch.Generator().manual_seed(0),
-        sigmas=fx["in.sigma"],
-        latents=fx["in.latents"].flip(1),  # the official latents are of the reversed clip
-        noise=fx["in.noise"],
-        cond_noise=fx["in.cond_noise"],
+        levels=fx["in.sigma"],
+        latents=rearrange(fx["in.latents"], "b f c h w -> b c f h w"),  # the reversed clip's latents
+        noise=rearrange(fx["in.noise"], "b f c h w -> b c f h w"),
     )
-    if break_inputs is not None:
-        x = break_inputs(module, x)
-    loss = module.two_pass_loss(x)
     loss.mean().backward()
     grads = {n[len("unet.") :]: p.grad for n, p in module.named_parameters() if p.requires_grad}
-    return x, loss, grads
+    return seen, loss, grads
 
 
 def test_training_loss_and_gradients_match_official(weights):
     fx = load_fixture(GROUP, "training")
     x, loss, grads = training_step(weights, fx)
-    assert_rel_close(x["cond_embeds"], fx["out.cond_embeds"], what="CLIP embedding of the last frame")
-    assert_rel_close(x["ref_embeds"], fx["out.ref_embeds"], what="CLIP embedding of the first frame")
-    assert_rel_close(x["cond_latents"], fx["out.cond_latents"], what="VAE mode of the noisy last frame")
-    assert_rel_close(x["ref_latents"], fx["out.ref_latents"], what="VAE mode of the noisy first frame")
+    assert_rel_close(x["cond"][0], fx["out.cond_embeds"], what="CLIP embedding of the last frame")
+    assert_rel_close(x["ref"][0], fx["out.ref_embeds"], what="CLIP embedding of the first frame")
+    assert_rel_close(x["cond"][1], fx["out.cond_latents"], what="VAE mode of the noisy last frame")
+    assert_rel_close(x["ref"][1], fx["out.ref_latents"], what="VAE mode of the noisy first frame")
     assert_rel_close(loss.detach(), fx["out.loss_per_sample"], what="loss per sample")
     assert_rel_close(loss.detach().mean(), fx["out.loss"], what="loss")
     expected = fx.group("out.grad.")
@@ -180,22 +204,9 @@ def test_training_loss_and_gradients_match_official(weights):
 )
 def test_training_guards_miss_the_fixture(weights, broken, monkeypatch):
     fx = load_fixture(GROUP, "training")
-    brk = None
     if broken == "no_rotation":
         monkeypatch.setattr(ac, "rotate_map", lambda p: p)
-    elif broken == "ref_pass_on_reversed_video":
-        brk = lambda m, x: {**x, "ref_noisy": x["noisy"]}  # noqa: E731
-    elif broken == "conditions_swapped":
-        brk = lambda m, x: {  # noqa: E731
-            **x,
-            "cond_embeds": x["ref_embeds"],
-            "cond_latents": x["ref_latents"],
-            "ref_embeds": x["cond_embeds"],
-            "ref_latents": x["cond_latents"],
-        }
-    else:
-        monkeypatch.setattr(method_mod, "loss_weight", lambda s: torch.ones_like(s))
-    _, loss, grads = training_step(weights, fx, brk)
+    _, loss, grads = training_step(weights, fx, None if broken == "no_rotation" else broken, monkeypatch)
     errs = [rel_err(loss.detach(), fx["out.loss_per_sample"])]
     errs += [rel_err(g, fx[f"out.grad.{n}"]) for n, g in grads.items()]
     assert max(errs) > BROKEN, errs

@@ -162,11 +162,12 @@ def test_exported_trainable_weights_load_into_a_fresh_model(tmp_path, toy_data):
     own = dict(fresh.named_parameters())
     assert all(torch.equal(own[n], tensors[n]) for n in tensors)
     assert any(not torch.equal(before[n], tensors[n]) for n in tensors)  # training changed them
-    # the sampling loader rebuilds the run and reproduces the trained weights
-    from i2vlab.sampling import load_method
+    # the inference loader rebuilds the run's pipeline (no Lightning) and reproduces the trained weights
+    from i2vlab.pipelines import load_pipeline
 
-    loaded = load_method(tmp_path)
-    assert all(torch.equal(dict(loaded.named_parameters())[n], tensors[n]) for n in tensors)
+    loaded = load_pipeline(tmp_path)
+    own = loaded.named_tensors()
+    assert all(torch.equal(own[n], tensors[n]) for n in tensors)
     with pytest.raises(RuntimeError, match="do not match"):
         fresh.load_trainable(_write_partial(tmp_path, tensors))
 

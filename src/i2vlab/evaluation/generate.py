@@ -1,5 +1,5 @@
 """Generate-then-score: run a trained method's sampling on a prompt/image list, write the videos
-and a manifest the evaluator then reads. Uses ``i2vlab.sampling.load_method``."""
+and a manifest the evaluator then reads. Uses ``i2vlab.pipelines.load_pipeline``."""
 
 from __future__ import annotations
 
@@ -47,20 +47,13 @@ def _load_prompt_list(path: str) -> list[dict]:
 def generate_videos(gen_cfg: dict, out_dir: str | Path, resolution=None) -> Path:
     """Sample one video per row of ``gen_cfg['prompts']`` and write ``out_dir/generated/<key>.mp4``
     plus ``out_dir/generated/manifest.csv``. Returns the manifest path."""
-    try:
-        from i2vlab.sampling import load_method
-    except ImportError as e:
-        raise ImportError(
-            "eval.generate.checkpoint is set but i2vlab.sampling.load_method is not available in this "
-            "install; generate the videos with the method's sampling script and pass eval.generated=<dir>"
-        ) from e
+    from i2vlab.pipelines import load_pipeline
     from i2vlab.utils.video_io import load_image, write_video
 
     rows = _load_prompt_list(gen_cfg["prompts"])
     out = Path(out_dir) / "generated"
     out.mkdir(parents=True, exist_ok=True)
-    module = load_method(gen_cfg["checkpoint"])
-    module.eval()
+    module = load_pipeline(gen_cfg["checkpoint"])
     bs = int(gen_cfg.get("batch_size", 1))
     size = tuple(resolution) if resolution is not None else None
     for s in range(0, len(rows), bs):
@@ -71,7 +64,7 @@ def generate_videos(gen_cfg: dict, out_dir: str | Path, resolution=None) -> Path
         if all(r["image"] for r in chunk):
             images = torch.stack([load_image(r["image"], size) for r in chunk])
         with torch.no_grad():
-            videos = module.sample(
+            videos = module(
                 [r["prompt"] for r in chunk],
                 images,
                 num_frames=int(gen_cfg["num_frames"]),

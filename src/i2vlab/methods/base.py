@@ -1,19 +1,27 @@
-"""The shared diffusion core that every method extends.
+"""The training core every method extends: a LightningModule around a method's pipeline.
 
-What lives here (and nowhere else): frozen VAE encoding/decoding per frame in chunks, frozen text
-encoding with caption dropout, noise and targets through diffusers schedulers, the masked MSE
-loss, selection of trainable parameters by name patterns, AdamW (fused where available) with a
-diffusers LR schedule and warm-up, optional EMA (diffusers ``EMAModel``) of the trainable
-parameters, per-step seeds, lean checkpoints (trainable weights + optimizer + EMA + RNG, frozen
-weights only for random-init backbones), validation loss at fixed stratified timesteps and
-fixed-seed validation samples written as mp4.
+What lives here: the method's :class:`~i2vlab.pipelines.base.VideoPipeline` (its components,
+registered as this module's submodules so parameter names are ``unet.…`` everywhere), a
+training objective (:mod:`i2vlab.diffusion.objectives`), selection of the trainable parameters by
+name patterns, and the loop hooks: the loss of a batch, validation loss at fixed stratified noise
+levels, EMA, non-finite-loss handling. What a checkpoint holds, exports, the optimizer, validation
+videos and logging of data faults are training glue in :mod:`i2vlab.training`.
 
-A method overrides a few hooks (see "method hooks" below): ``prepare_conditions``,
-``prepare_noisy``, ``denoise``, ``loss_mask``, ``scale_clean_latents``, ``loss_logs``,
-``validation_sample_inputs`` and ``sample``; or ``compute_loss`` wholesale when its objective
-differs (e.g. EDM for SVD).
+The loss of a batch (:meth:`VideoDiffusionModule.compute_loss`), one recipe for every method:
 
-Tensor layouts: ``video`` b f c h w in [-1, 1]; ``latents`` b c f h w (diffusers video UNets).
+    latents = encode_latents(batch)            # VAE (a method may reorder, e.g. time-reverse)
+    cond    = prepare_conditions(batch, ...)   # text, images, concatenated latents, dropout
+    noise, levels                              # drawn (or given, to replay another run)
+    clean   = objective.clean(latents, levels) # e.g. DynamiCrafter's dynamic rescale
+    noisy   = prepare_noisy(objective.add_noise(clean, noise, levels), ...)
+    pred    = objective.denoise(self.denoise, noisy, levels, cond=cond)
+    loss    = weight(levels) * masked MSE(pred, objective.target(clean, noise, levels))
+
+A method names its pipeline class and overrides only the hooks it changes: ``encode_latents``,
+``prepare_conditions``, ``prepare_noisy``, ``denoise``, ``loss_mask``, ``loss_logs``,
+``build_objective``.
+
+Tensor layouts: ``video`` b f c h w in [-1, 1]; ``latents`` b c f h w.
 """
 
 from __future__ import annotations
@@ -21,23 +29,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from i2vlab.diffusion.schedules import stratified_timesteps, training_target
-from i2vlab.training.state import (  # noqa: F401  (load_matching, load_weights_file: re-exported for methods)
+from i2vlab.diffusion.objectives import DDPMObjective
+from i2vlab.pipelines.base import VideoPipeline
+from i2vlab.training.optim import build_optimizer
+from i2vlab.training.state import (
     export_trainable,
     load_matching,
     load_trainable,
-    load_weights_file,
     restore_contents,
     save_contents,
 )
+from i2vlab.utils.config import to_plain
 from i2vlab.utils.params import parameter_report, select_trainable
 from i2vlab.utils.seeding import generator
 
@@ -46,74 +55,58 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _plain(x: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(x, resolve=True) if isinstance(x, (DictConfig, ListConfig)) else x
-
-
 class VideoDiffusionModule(pl.LightningModule):
     """Base LightningModule for latent video diffusion training.
 
     Args:
-        unet: the denoiser (diffusers model).
-        vae: frozen image VAE (``AutoencoderKL``-like, ``encode(x).latent_dist`` / ``decode(z).sample``).
-        text_encoder, tokenizer: frozen text encoder (``last_hidden_state`` used) and its tokenizer; optional.
-        noise_scheduler: diffusers training scheduler (``DDPMScheduler``); optional for EDM methods.
         trainable: full-match regexes over ``named_parameters()`` of this module; all else is frozen.
         optimizer: ``lr``, ``betas``, ``weight_decay``, ``eps``, ``scheduler`` (diffusers name),
-            ``warmup_steps``, ``fused`` (``auto``/bool).
-        ema: ``None`` or ``{decay, use_for_validation, export}``.
-        vae_chunk_size: frames per VAE call.
+            ``warmup_steps``, ``fused`` (``auto``/bool); see :func:`i2vlab.training.optim.build_optimizer`.
+        ema: ``None`` or ``{decay, warmup, use_for_validation}``.
         gradient_checkpointing: turn on the UNet's gradient checkpointing.
         frozen_dtype: dtype of fully frozen modules (``fp32``/``bf16``/``fp16``).
         text_dropout: probability of replacing a caption by "" during training (CFG).
         checkpoint_frozen: also store frozen weights in checkpoints (needed for random-init backbones).
-        validation: ``{num_timesteps, num_samples, sample_steps, sample_dir, guidance_scale}``.
-        sampling: default keyword arguments for :meth:`sample`.
+        validation: ``{num_timesteps, num_samples, sample_steps, sample_dir}``.
         seed: base of the per-step seeds.
         nonfinite_loss: a NaN/inf training loss is logged with the step and the batch's keys, then
             ``skip`` (no optimizer step; single process only, DDP stops), ``stop`` (raise) or ``off``
             (no check: saves one host sync per step).
         max_nonfinite_steps: stop after this many non-finite losses in a row even when skipping.
+        **components: the pipeline's constructor arguments (networks from the backbone, and its
+            settings such as ``sampling`` or ``vae_chunk_size``); see :attr:`pipeline_class`.
     """
 
+    #: the inference pipeline of this method (built from ``**components``)
+    pipeline_class: ClassVar[type[VideoPipeline]] = VideoPipeline
     #: modules that are never trained and can be cast to ``frozen_dtype``
     frozen_modules: tuple[str, ...] = ("vae", "text_encoder")
 
     def __init__(
         self,
-        unet: nn.Module,
-        vae: nn.Module | None = None,
-        text_encoder: nn.Module | None = None,
-        tokenizer: Any = None,
-        noise_scheduler: Any = None,
         trainable: Sequence[str] = (),
         optimizer: Mapping[str, Any] | None = None,
         ema: Mapping[str, Any] | None = None,
-        vae_chunk_size: int = 8,
         gradient_checkpointing: bool = False,
         frozen_dtype: str = "fp32",
         text_dropout: float = 0.0,
         checkpoint_frozen: bool = False,
         validation: Mapping[str, Any] | None = None,
-        sampling: Mapping[str, Any] | None = None,
         seed: int = 0,
         nonfinite_loss: str = "skip",
         max_nonfinite_steps: int = 10,
+        **components: Any,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in ("skip", "stop", "off"):
             raise ValueError(f"method.nonfinite_loss must be skip, stop or off, got {nonfinite_loss!r}")
-        self.nonfinite_loss = nonfinite_loss
-        self.max_nonfinite_steps = int(max_nonfinite_steps)
-        self._nonfinite_in_a_row = 0
-        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
-        self.trainable_patterns = list(_plain(trainable) or [])
-        self.optimizer_cfg = dict(_plain(optimizer) or {})
-        self.ema_cfg = dict(_plain(ema) or {}) if ema else None
-        self.vae_chunk_size = int(vae_chunk_size)
+        self.pipe = self.build_pipeline(components)
+        for name in self.pipeline_class.components:  # the same objects: networks become submodules
+            setattr(self, name, getattr(self.pipe, name, None))
+        self.objective = self.build_objective()
+        self.trainable_patterns = list(to_plain(trainable) or [])
+        self.optimizer_cfg = dict(to_plain(optimizer) or {})
+        self.ema_cfg = dict(to_plain(ema) or {}) if ema else None
         self.gradient_checkpointing = gradient_checkpointing
         self.frozen_dtype = DTYPES[frozen_dtype]
         self.text_dropout = float(text_dropout)
@@ -124,15 +117,32 @@ class VideoDiffusionModule(pl.LightningModule):
             "num_samples": 0,
             "sample_steps": 10,
             "sample_dir": None,
-            **dict(_plain(validation) or {}),
+            **dict(to_plain(validation) or {}),
         }
-        self.sampling_cfg = dict(_plain(sampling) or {})
         self.seed = int(seed)
+        self.nonfinite_loss = nonfinite_loss
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self._nonfinite_in_a_row = 0
         self.ema = None
         self._trainable_names: list[str] | None = None
         self._val_inputs: dict[str, Any] | None = None
         self._val_losses: list[torch.Tensor] = []
-        self._empty_prompt: torch.Tensor | None = None
+
+    def build_pipeline(self, components: Mapping[str, Any]) -> VideoPipeline:
+        """The pipeline from the constructor's remaining keyword arguments (an unknown one is an error
+        naming it, as a typo in ``method.*`` would be)."""
+        accepted = self.pipeline_class.init_parameters()
+        unknown = sorted(set(components) - accepted)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown method argument(s) {unknown}; "
+                f"its pipeline ({self.pipeline_class.__name__}) takes {sorted(accepted)}"
+            )
+        return self.pipeline_class(**{k: to_plain(v) for k, v in components.items()})
+
+    def build_objective(self) -> Any:
+        """The training objective (default: DDPM on the backbone's noise scheduler)."""
+        return DDPMObjective(self.pipe.noise_scheduler)
 
     # ------------------------------------------------------------------------------------------
     # trainable selection, parameter report
@@ -143,13 +153,16 @@ class VideoDiffusionModule(pl.LightningModule):
             if not self.trainable_patterns:
                 raise ValueError("method.trainable is empty: name the parameters this method trains")
             self._trainable_names = select_trainable(self, self.trainable_patterns)
-            for name in self.frozen_modules:
-                m = getattr(self, name, None)
-                if isinstance(m, nn.Module):
-                    m.eval()
+            self._frozen_eval()
             if self.gradient_checkpointing and hasattr(self.unet, "enable_gradient_checkpointing"):
                 self.unet.enable_gradient_checkpointing()
         return self._trainable_names
+
+    def _frozen_eval(self) -> None:
+        for name in self.frozen_modules:
+            m = getattr(self, name, None)
+            if isinstance(m, nn.Module):
+                m.eval()
 
     def parameter_report(self) -> str:
         self.configure_trainable()
@@ -161,10 +174,7 @@ class VideoDiffusionModule(pl.LightningModule):
 
     def train(self, mode: bool = True) -> VideoDiffusionModule:
         super().train(mode)
-        for name in self.frozen_modules:  # frozen encoders stay in eval mode (no dropout)
-            m = getattr(self, name, None)
-            if isinstance(m, nn.Module):
-                m.eval()
+        self._frozen_eval()  # frozen encoders stay in eval mode (no dropout)
         return self
 
     def setup(self, stage: str) -> None:
@@ -188,52 +198,19 @@ class VideoDiffusionModule(pl.LightningModule):
             self.ema.to(self.device)
 
     # ------------------------------------------------------------------------------------------
-    # frozen encoders
+    # frozen encoders (the pipeline's)
     # ------------------------------------------------------------------------------------------
-    @property
-    def latent_scale(self) -> float:
-        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
-
-    @torch.no_grad()
     def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(b f c h w) in [-1, 1] -> scaled latents (b c f h w), VAE run on ``vae_chunk_size`` frames at a time."""
-        b = video.shape[0]
-        frames = rearrange(video, "b f c h w -> (b f) c h w").to(self.vae.dtype)
-        out = []
-        for chunk in frames.split(self.vae_chunk_size):
-            dist = self.vae.encode(chunk).latent_dist
-            out.append(dist.sample(generator=generator) if generator is not None else dist.mode())
-        lat = torch.cat(out).float() * self.latent_scale
-        return rearrange(lat, "(b f) c h w -> b c f h w", b=b)
+        return self.pipe.encode_video(video, generator)
 
-    @torch.no_grad()
     def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(b c h w) in [-1, 1] -> scaled latents (b c h w)."""
-        return self.encode_video(image[:, None], generator)[:, :, 0]
+        return self.pipe.encode_image(image, generator)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (b c f h w) -> video (b f c h w) in [-1, 1]."""
-        b = latents.shape[0]
-        z = rearrange(latents, "b c f h w -> (b f) c h w") / self.latent_scale
-        frames = torch.cat(
-            [self.vae.decode(c.to(self.vae.dtype)).sample.float() for c in z.split(self.vae_chunk_size)]
-        )
-        return rearrange(frames, "(b f) c h w -> b f c h w", b=b).clamp(-1, 1)
+        return self.pipe.decode_latents(latents)
 
-    @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Captions -> text encoder ``last_hidden_state`` (b, L, d)."""
-        if self.text_encoder is None or self.tokenizer is None:
-            raise RuntimeError(f"{type(self).__name__} has no text encoder/tokenizer configured")
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].float()
+        return self.pipe.encode_prompt(prompts)
 
     def drop_captions(
         self, captions: Sequence[str], generator: torch.Generator, p: float | None = None
@@ -247,6 +224,10 @@ class VideoDiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------
     # method hooks
     # ------------------------------------------------------------------------------------------
+    def encode_latents(self, batch: Mapping[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+        """The clean latents the objective noises (default: the VAE's of ``batch["video"]``, b c f h w)."""
+        return self.encode_video(batch["video"], generator)
+
     def prepare_conditions(
         self, batch: Mapping[str, Any], latents: torch.Tensor, generator: torch.Generator, train: bool = True
     ) -> dict[str, Any]:
@@ -260,12 +241,17 @@ class VideoDiffusionModule(pl.LightningModule):
         """Last change to the noisy latents before the denoiser (default: none)."""
         return noisy
 
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, levels: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+        """The network call: noisy latents (b c f h w) at noise levels (b,) -> its raw output."""
         raise NotImplementedError
 
     def loss_mask(self, latents: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor | None:
         """Per-frame loss weights (b, f), or ``None`` for all frames."""
         return None
+
+    def loss_logs(self, train: bool) -> dict[str, Any]:
+        """Extra scalars logged with the training loss (e.g. learned gates)."""
+        return {}
 
     def sample(
         self,
@@ -275,8 +261,8 @@ class VideoDiffusionModule(pl.LightningModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Generate videos (b f c h w in [-1, 1]). Implemented by each method."""
-        raise NotImplementedError
+        """Generate videos (b f c h w in [-1, 1]) with the pipeline (``method.sampling`` defaults)."""
+        return self.pipe(prompts, images=images, num_frames=num_frames, seed=seed, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     # loss
@@ -288,36 +274,38 @@ class VideoDiffusionModule(pl.LightningModule):
             "train", self.seed, self.global_step, micro_batch, self.global_rank, salt, device=self.device
         )
 
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        T = self.noise_scheduler.config.num_train_timesteps
-        return torch.randint(0, T, (n,), generator=generator, device=self.device).long()
-
     def compute_loss(
         self,
         batch: Mapping[str, Any],
         generator: torch.Generator,
-        timesteps: torch.Tensor | None = None,
+        levels: torch.Tensor | None = None,
         train: bool = True,
+        noise: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Noise-prediction loss. Returns (per-sample loss (b,), extra logs)."""
-        latents = self.encode_video(batch["video"], generator)
+        """Per-sample loss (b,) and extra logs, as the module docstring describes. ``levels`` (noise
+        levels: timesteps for DDPM objectives, σ for EDM), ``noise`` and ``latents`` (b c f h w)
+        replace the corresponding draws (to evaluate at fixed levels or replay another run)."""
+        if latents is None:
+            latents = self.encode_latents(batch, generator)
         cond = self.prepare_conditions(batch, latents, generator, train=train)
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        t = self.sample_timesteps(latents.shape[0], generator) if timesteps is None else timesteps
-        latents = self.scale_clean_latents(latents, t)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        noisy = self.prepare_noisy(noisy, latents, cond)
-        pred = self.denoise(noisy, t, cond).float()
-        target = training_target(self.noise_scheduler, latents, noise, t).float()
-        return self.masked_mse(pred, target, self.loss_mask(latents, cond)), self.loss_logs(train)
-
-    def scale_clean_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Clean latents as the noise schedule sees them (DynamiCrafter's dynamic rescale); default: as is."""
-        return latents
-
-    def loss_logs(self, train: bool) -> dict[str, Any]:
-        """Extra scalars logged with the training loss (e.g. learned gates)."""
-        return {}
+        if noise is None:
+            noise = torch.randn(
+                latents.shape, generator=generator, device=latents.device, dtype=latents.dtype
+            )
+        if levels is None:
+            levels = self.objective.sample_levels(latents.shape[0], generator, latents.device)
+        levels = levels.to(latents.device)
+        clean = self.objective.clean(latents, levels)
+        noisy = self.prepare_noisy(self.objective.add_noise(clean, noise, levels), clean, cond)
+        pred = self.objective.denoise(self.denoise, noisy, levels, cond=cond)
+        target = self.objective.target(clean, noise, levels)
+        dt = torch.promote_types(pred.dtype, torch.float32)  # float32 (float64 stays float64)
+        loss = self.masked_mse(pred.to(dt), target.to(dt), self.loss_mask(latents, cond))
+        weight = self.objective.weight(levels)
+        if weight is not None:
+            loss = weight.to(loss.device, dt) * loss
+        return loss, self.loss_logs(train)
 
     @staticmethod
     def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -344,7 +332,6 @@ class VideoDiffusionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for k, v in logs.items():
             self.log(f"train/{k}", v, batch_size=b)
-        self._log_data_health()
         return loss
 
     def _nonfinite_step(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
@@ -373,57 +360,20 @@ class VideoDiffusionModule(pl.LightningModule):
         log.warning("%s: step skipped (no optimizer step)", msg)
         return None
 
-    def _data_health_sum(self) -> dict[str, float] | None:
-        """This rank's data-health totals summed over ranks (a collective: call on every rank)."""
-        trainer = self._trainer
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if dm is None or not hasattr(dm, "health_totals"):
-            return None
-        counts = dm.health_totals().snapshot()
-        t = torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device)
-        if trainer.world_size > 1:
-            t = trainer.strategy.reduce(t, reduce_op="sum")
-        return dict(zip(counts, t.tolist()))
-
-    def _save_global_data_health(self, checkpoint: dict[str, Any]) -> None:
-        """The checkpoint carries the totals of all ranks (Lightning stores rank 0's data-module
-        state only); on resume rank 0 starts from them and the other ranks from zero."""
-        state = next((v for k, v in checkpoint.items() if isinstance(v, dict) and "health" in v), None)
-        totals = self._data_health_sum()
-        if state is not None and totals is not None:
-            state["health"] = {k: int(v) for k, v in totals.items()}
-
-    def _log_data_health(self) -> None:
-        """``data/<kind>``: what the training stream skipped or repaired so far, summed over workers,
-        epochs (and the run before a resume) and ranks; one reduction per logging interval."""
-        trainer = self._trainer
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if dm is None or not hasattr(dm, "health_totals"):
-            return
-        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
-        if self.global_step % every:
-            return
-        for k, v in (self._data_health_sum() or {}).items():
-            self.log(f"data/{k}", v, rank_zero_only=True)
-
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # EMA right after each real optimizer step: before the checkpoint callbacks of the same step run
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.step(self.trainable_parameters())
 
-    def validation_timesteps(self, n: int) -> torch.Tensor:
-        """The fixed noise levels of the validation loss (EDM methods return sigmas instead)."""
-        return stratified_timesteps(n, self.noise_scheduler.config.num_train_timesteps)
-
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         b = batch["video"].shape[0]
-        ts = self.validation_timesteps(int(self.validation_cfg["num_timesteps"]))
+        levels = self.objective.validation_levels(int(self.validation_cfg["num_timesteps"]))
         losses = []
-        for i, t in enumerate(ts.tolist()):
-            g = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + batch_idx * 97 + i)
-            tt = torch.full((b,), t, device=self.device, dtype=ts.dtype)
-            loss, _ = self.compute_loss(batch, g, timesteps=tt, train=False)
+        for i, t in enumerate(levels.tolist()):
+            g = generator("val", self.seed, batch_idx, i, device=self.device)
+            tt = torch.full((b,), t, device=self.device, dtype=levels.dtype)
+            loss, _ = self.compute_loss(batch, g, levels=tt, train=False)
             losses.append(loss.detach())
         self._val_losses.append(torch.stack(losses, dim=1))  # (b, n)
         if batch_idx == 0 and self._val_inputs is None:
@@ -431,12 +381,16 @@ class VideoDiffusionModule(pl.LightningModule):
 
     def validation_sample_inputs(self, batch: Mapping[str, Any], k: int) -> dict[str, Any]:
         """Keyword arguments of :meth:`sample` for the fixed-seed validation videos, taken from the
-        first ``k`` clips of the first validation batch (keyframe methods add ``last_images``)."""
-        return {
+        first ``k`` clips of the first validation batch: their first frames (text-to-video pipelines take
+        only their size; pipelines of two keyframes also get the last frames), captions and length."""
+        inputs = {
             "prompts": list(batch["caption"][:k]),
             "images": batch["video"][:k, 0].detach(),
             "num_frames": batch["video"].shape[1],
         }
+        if self.pipe.keyframes == 2:
+            inputs["last_images"] = batch["video"][:k, -1].detach()
+        return inputs
 
     def on_validation_epoch_start(self) -> None:
         self._val_losses, self._val_inputs = [], None
@@ -455,49 +409,14 @@ class VideoDiffusionModule(pl.LightningModule):
             if self.ema is not None and self.ema_cfg.get("use_for_validation", True):
                 self.ema.restore(self.trainable_parameters())
 
-    # ------------------------------------------------------------------------------------------
-    # optimisation
-    # ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        from diffusers.optimization import get_scheduler
-
-        params = self.trainable_parameters()
-        cfg = {
-            "lr": 1e-4,
-            "betas": (0.9, 0.999),
-            "weight_decay": 1e-2,
-            "eps": 1e-8,
-            "scheduler": "constant_with_warmup",
-            "warmup_steps": 0,
-            "fused": "auto",
-            **self.optimizer_cfg,
-        }
-        fused = cfg["fused"]
-        if fused == "auto":
-            fused = all(p.is_cuda for p in params)
-        opt = torch.optim.AdamW(
-            params,
-            lr=float(cfg["lr"]),
-            betas=tuple(cfg["betas"]),
-            weight_decay=float(cfg["weight_decay"]),
-            eps=float(cfg["eps"]),
-            fused=bool(fused),
-        )
-        trainer = self._trainer
-        total = (
-            trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
-        )
-        sched = get_scheduler(
-            cfg["scheduler"], opt, num_warmup_steps=int(cfg["warmup_steps"]), num_training_steps=total
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+        return build_optimizer(self.trainable_parameters(), self.optimizer_cfg, self._trainer)
 
     # ------------------------------------------------------------------------------------------
     # checkpoints and exports (contents in i2vlab.training.state)
     # ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_contents(self, checkpoint)
-        self._save_global_data_health(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_contents(self, checkpoint)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from i2vlab.errors import WeightsNotFoundError  # noqa: F401  (re-exported)
+from i2vlab.utils.config import to_plain  # noqa: F401  (re-exported)
 from i2vlab.utils.validate import looks_like_local_path  # noqa: F401  (re-exported)
 
 _META = contextvars.ContextVar("i2vlab_build_on_meta", default=False)
@@ -57,18 +58,6 @@ def check_weights(pretrained: str, key: str, published: str | None = None) -> No
             f"{key}: weights path {pretrained!r} does not exist. Set `{key}=<local dir or hub id>` "
             f"(or null for random init from the architecture config, tests only).{where}"
         )
-
-
-def to_plain(config: Any) -> Any:
-    """OmegaConf containers -> plain python (lists/tuples for diffusers configs)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(config, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return config
 
 
 def load_or_build(

@@ -1,4 +1,5 @@
-"""DynamiCrafter sampling: DDIM (50 steps, eta 1) with classifier-free guidance on a trained module.
+"""DynamiCrafter inference: :class:`DynamiCrafterPipeline` (components, conditioning) and its DDIM
+sampler (50 steps, eta 1) with classifier-free guidance.
 
 Follows ``lvdm/models/samplers/ddim.py`` / ``ddim_multiplecond.py`` and ``scripts/evaluation/inference.py``
 ``image_guided_synthesis`` (Doubiiu/DynamiCrafter); verified against them in
@@ -19,7 +20,7 @@ Follows ``lvdm/models/samplers/ddim.py`` / ``ddim_multiplecond.py`` and ``script
   (the same image at both ends).
 
 :func:`ddim_sample` is the step loop on any model callable (no Lightning); :func:`sample_dynamicrafter`
-builds the conditions from a trained module and runs it. The initial noise and the per-step noise
+builds the conditions from a pipeline and runs it. The initial noise and the per-step noise
 (eta > 0) come from a seeded generator, or are given (``x_T``, ``step_noise``) to replay a run.
 
 Layouts: images b c h w in [-1, 1]; latents b c f h w; returns b f c h w in [-1, 1].
@@ -29,13 +30,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from einops import rearrange
 
-from i2vlab.models.dynamicrafter.schedule import alphas_cumprod, ddim_timesteps, dynamic_rescale_table
+from i2vlab.models.dynamicrafter.schedule import (
+    alphas_cumprod,
+    ddim_timesteps,
+    dynamic_rescale_table,
+    use_float64_tables,
+)
+from i2vlab.pipelines.base import VideoPipeline
 
-__all__ = ["combine_guidance", "ddim_sample", "ddim_step", "ddim_timesteps", "sample_dynamicrafter"]
+__all__ = [
+    "DynamiCrafterPipeline",
+    "combine_guidance",
+    "ddim_sample",
+    "ddim_step",
+    "ddim_timesteps",
+    "sample_dynamicrafter",
+]
 
 
 def combine_guidance(
@@ -131,7 +147,7 @@ def ddim_sample(
 
 @torch.no_grad()
 def sample_dynamicrafter(
-    module,
+    pipe,
     prompts: Sequence[str],
     images: torch.Tensor,
     num_frames: int | None = None,
@@ -150,7 +166,7 @@ def sample_dynamicrafter(
     x_T: torch.Tensor | None = None,
     step_noise: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Generate videos with a trained :class:`~i2vlab.methods.dynamicrafter.DynamiCrafter`.
+    """Generate videos with a :class:`DynamiCrafterPipeline` (``pipe``).
 
     Args:
         images: conditioning images (b c h w in [-1, 1]); the video size follows them.
@@ -162,32 +178,32 @@ def sample_dynamicrafter(
         x_T / step_noise: the initial latents and the noise of each step (eta > 0) instead of drawing
             them from ``seed`` (to replay another sampler's run).
     """
-    dev = module.device
+    dev = pipe.device
     b = len(prompts)
     images = images.to(dev)
     images = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
     if images.shape[0] != b:
         raise ValueError(f"{b} prompts but {images.shape[0]} images")
-    vl = getattr(module.image_proj_model.config, "video_length", None)
+    vl = getattr(pipe.image_proj_model.config, "video_length", None)
     f = int(num_frames or vl or 16)
     interp = last_images is not None or loop
-    if interp and not module.interp_mode:
+    if interp and not pipe.interp_mode:
         raise ValueError("last_images / loop need a model trained with method.interp_mode=true")
-    if module.interp_mode and not interp:
+    if pipe.interp_mode and not interp:
         loop = interp = True  # an interpolation model given one image: loop mode
 
     # conditions: (img, txt), (0, 0) and, for multi-condition CFG, (img, 0)
-    img_tokens = module.image_context(images)
+    img_tokens = pipe.image_context(images)
     ctx_dtype = torch.promote_types(img_tokens.dtype, torch.float32)
     img_tokens = img_tokens.to(ctx_dtype)
-    text = module.encode_prompt(list(prompts)).to(ctx_dtype)
-    z0 = module.encode_image(images)  # b c h w
+    text = pipe.encode_prompt(list(prompts)).to(ctx_dtype)
+    z0 = pipe.encode_image(images)  # b c h w
     concat = None
-    if module.vdg:
+    if pipe.vdg:
         zf = z0[:, :, None].expand(-1, -1, f, -1, -1)
         if interp:
-            zl = z0 if last_images is None else module.encode_image(last_images.to(dev, images.dtype))
-            concat = module.concat_latents(
+            zl = z0 if last_images is None else pipe.encode_image(last_images.to(dev, images.dtype))
+            concat = pipe.concat_latents(
                 zf.contiguous(), torch.zeros(b, dtype=torch.long, device=dev), last=zl
             )
         else:
@@ -195,8 +211,8 @@ def sample_dynamicrafter(
     fs_t = None if fs is None else torch.full((b,), int(fs), device=dev, dtype=torch.long)
     contexts = [torch.cat([text, img_tokens], 1)]
     if guidance_scale != 1.0:
-        null = module.encode_prompt([negative_prompt] * b).to(ctx_dtype)
-        uncond_img = module.image_context(torch.zeros_like(images)).to(ctx_dtype)
+        null = pipe.encode_prompt([negative_prompt] * b).to(ctx_dtype)
+        uncond_img = pipe.image_context(torch.zeros_like(images)).to(ctx_dtype)
         contexts.append(torch.cat([null, uncond_img], 1))
         if multiple_cond_cfg:
             contexts.append(torch.cat([null, img_tokens], 1))
@@ -207,19 +223,18 @@ def sample_dynamicrafter(
         "concat": None if concat is None else concat.repeat(n, 1, 1, 1, 1),
     }
 
-    sched_cfg = module.noise_scheduler.config
+    sched_cfg = pipe.noise_scheduler.config
     scale = None
-    if module.use_dynamic_rescale:
-        T = sched_cfg.num_train_timesteps
-        scale = dynamic_rescale_table(T, module.base_scale, module.turning_step)
+    if pipe.use_dynamic_rescale:
+        scale = pipe.rescale_table()
 
     def model_fn(x: torch.Tensor, t: int) -> Sequence[torch.Tensor]:
         tt = torch.full((b * n,), t, device=dev, dtype=torch.long)
-        return module.denoise(x.repeat(n, 1, 1, 1, 1), tt, cond).chunk(n)
+        return pipe.denoise(x.repeat(n, 1, 1, 1, 1), tt, cond).chunk(n)
 
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     h, w = z0.shape[-2:]
-    shape = (b, module.latent_channels, f, h, w)
+    shape = (b, pipe.latent_channels, f, h, w)
     if x_T is None:
         x = torch.randn(shape, generator=g).to(dev)
     else:
@@ -245,4 +260,130 @@ def sample_dynamicrafter(
     )
     if return_latents:
         return x
-    return module.decode_latents(x)
+    return pipe.decode_latents(x)
+
+
+class DynamiCrafterPipeline(VideoPipeline):
+    """DynamiCrafter: the VideoCrafter 3D UNet (or, stage 1, a text-to-image UNet) with the image
+    injected twice -- per-frame context tokens from the context learner and, with visual detail
+    guidance (8 input channels), the conditioning frame's latent concatenated to every frame.
+    ``__call__`` is :func:`sample_dynamicrafter`.
+
+    Args (besides :class:`~i2vlab.pipelines.base.VideoPipeline`'s):
+        image_encoder: frozen CLIP vision tower (all last-layer tokens).
+        image_proj_model: the context learner (:class:`~i2vlab.models.dynamicrafter.Resampler`).
+        interp_mode: two-keyframe interpolation (concat = first and last latents, CLIP sees frame 0).
+        use_dynamic_rescale, base_scale, turning_step: the 512/1024 dynamic latent rescale.
+        clip_image_size: CLIP input size (224).
+    """
+
+    components: ClassVar[tuple[str, ...]] = (*VideoPipeline.components, "image_encoder", "image_proj_model")
+
+    def __init__(
+        self,
+        unet: Any,
+        image_encoder: Any = None,
+        image_proj_model: Any = None,
+        interp_mode: bool = False,
+        use_dynamic_rescale: bool = False,
+        base_scale: float = 0.7,
+        turning_step: int = 400,
+        clip_image_size: int = 224,
+        **kwargs: Any,
+    ) -> None:
+        from i2vlab.models.dynamicrafter import DualCrossAttnProcessor, DynamiCrafterUNet3DModel
+
+        super().__init__(unet=unet, **kwargs)
+        if self.noise_scheduler is not None:  # LVDM's schedule tables (float64, not diffusers' float32)
+            use_float64_tables(self.noise_scheduler)
+        self.image_encoder, self.image_proj_model = image_encoder, image_proj_model
+        self.interp_mode = bool(interp_mode)
+        self.use_dynamic_rescale = bool(use_dynamic_rescale)
+        self.base_scale, self.turning_step = float(base_scale), int(turning_step)
+        self.clip_image_size = int(clip_image_size)
+        self.is_3d = isinstance(unet, DynamiCrafterUNet3DModel)
+        self.latent_channels = int(unet.config.out_channels)
+        self.vdg = int(unet.config.in_channels) == 2 * self.latent_channels
+        procs = [m for m in unet.modules() if isinstance(m, DualCrossAttnProcessor)]
+        self.text_context_len = procs[0].text_context_len if procs else None
+
+    @property
+    def keyframes(self) -> int:  # type: ignore[override]
+        return 2 if self.interp_mode else 1
+
+    @classmethod
+    def keyframes_for(cls, settings: Any) -> int:
+        return 2 if settings.get("interp_mode", False) else 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.image_proj_model.config.num_queries)
+
+    def image_context(self, images: torch.Tensor) -> torch.Tensor:
+        """Conditioning images (b c h w, [-1, 1]) -> image tokens (b, f*n, d) from the context learner."""
+        from i2vlab.models.dynamicrafter import clip_preprocess
+
+        with torch.no_grad():
+            pix = clip_preprocess(images, self.clip_image_size).to(self.image_encoder.dtype)
+            tokens = self.image_encoder(pixel_values=pix).last_hidden_state  # all tokens, before ln_post
+        return self.image_proj_model(tokens.to(self.image_proj_model.dtype))
+
+    def concat_latents(
+        self, latents: torch.Tensor, cond_frame: torch.Tensor, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """VDG input (b c f h w): the conditioning frame's clean latent on every frame, or, in
+        interpolation mode, first / last keyframe latents with zeros between."""
+        b, f = latents.shape[0], latents.shape[2]
+        if self.interp_mode:
+            out = torch.zeros_like(latents)
+            out[:, :, 0] = latents[:, :, 0]
+            out[:, :, -1] = latents[:, :, -1] if last is None else last
+            return out
+        z = latents[torch.arange(b, device=latents.device), :, cond_frame]  # b c h w
+        return z[:, :, None].expand(-1, -1, f, -1, -1).contiguous()
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """noisy (b c f h w) -> model output (b c f h w); ``cond``: ``context`` (b L d), ``fs`` (b,) or
+        None, ``concat`` (b c f h w, VDG) or None."""
+        from i2vlab.models.dynamicrafter import frame_context
+
+        x = noisy
+        if self.vdg:
+            x = torch.cat([x, cond["concat"].to(x.dtype)], dim=1)
+        context = cond["context"].to(x.dtype)
+        if self.is_3d:
+            return self.unet(x, timesteps, encoder_hidden_states=context, fs=cond.get("fs")).sample
+        # stage 1: the text-to-image UNet sees every frame as an image with its own image tokens
+        b, _, f = x.shape[:3]
+        ctx = frame_context(context, f, self.text_context_len or context.shape[1], self.tokens_per_frame)
+        t = torch.as_tensor(timesteps, device=x.device)
+        t = t.repeat_interleave(f) if t.ndim else t
+        out = self.unet(rearrange(x, "b c f h w -> (b f) c h w"), t, encoder_hidden_states=ctx).sample
+        return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+    def rescale_table(self) -> torch.Tensor:
+        """``scale_arr`` of the dynamic rescale (float64, per training timestep)."""
+        T = self.noise_scheduler.config.num_train_timesteps
+        return dynamic_rescale_table(T, self.base_scale, self.turning_step)
+
+    def x0_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Dynamic rescale factor per timestep (float64; 1 when off)."""
+        if not self.use_dynamic_rescale:
+            return torch.ones(timesteps.shape, device=timesteps.device, dtype=torch.float64)
+        return self.rescale_table().to(timesteps.device)[timesteps.long()]
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        images: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Image(s) + prompts -> videos (b f c h w in [-1, 1]); options: see
+        :func:`sample_dynamicrafter` (``last_images``, ``loop``, ``multiple_cond_cfg``, ``cfg_img``, ``fs``,
+        ``guidance_rescale``, ``eta``...)."""
+        if images is None:
+            raise ValueError("DynamiCrafter is image-to-video: pass images (b c h w in [-1, 1])")
+        num_frames, opts = self.options(num_frames, kwargs)
+        return sample_dynamicrafter(self, prompts, images, num_frames=num_frames, seed=seed, **opts)

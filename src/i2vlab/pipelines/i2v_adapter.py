@@ -21,10 +21,10 @@ Returns videos (b f c h w) in [-1, 1]; ``scripts/sample.py`` writes them as mp4 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
@@ -32,130 +32,14 @@ from einops import rearrange
 
 from i2vlab.diffusion.schedules import sampling_scheduler
 from i2vlab.models.content_adapter import encode_clip_image, has_content_adapter
-
-
-# ----------------------------------------------------------------------------------------------
-# Frame Similarity Prior
-# ----------------------------------------------------------------------------------------------
-def gaussian_blur(x: torch.Tensor, kernel_size: int = 9, sigma: float = 18.0) -> torch.Tensor:
-    """Gaussian blur over the last two axes: torchvision's ``gaussian_blur`` (reflect padding), what the
-    official ``GaussianBlur(kernel_size=(9, 9), sigma=(18, 18))`` computes."""
-    from torchvision.transforms.functional import gaussian_blur as tv_blur
-
-    shape = x.shape
-    y = tv_blur(x.reshape(-1, 1, *shape[-2:]), [kernel_size, kernel_size], [float(sigma), float(sigma)])
-    return y.reshape(shape)
-
-
-def degrade(
-    z: torch.Tensor,
-    p: float,
-    generator: torch.Generator | None = None,
-    kernel_size: int = 9,
-    sigma: float = 18.0,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``D(z) = M_p * z + (1 - M_p) * blur(z)``; M_p ~ Bernoulli(p) elementwise (p = keep-probability),
-    drawn as ``u >= 1 - p`` with u ~ U(0, 1) (at p = 0.5 the official ``rand >= 0.5``), or given as
-    ``mask`` (1 = keep). Frame 0 is left un-degraded (it is the clean first frame). ``z``: b c f h w."""
-    if mask is None:
-        u = torch.rand(
-            z.shape, generator=generator, device=z.device if generator is None else generator.device
-        )
-        keep = (u.to(z.device) >= 1 - p).to(z.dtype)
-    else:
-        if mask.shape != z.shape:
-            raise ValueError(
-                f"fsp_mask must have the latents' shape {tuple(z.shape)}, got {tuple(mask.shape)}"
-            )
-        keep = mask.to(z.device, z.dtype)
-    blurred = rearrange(
-        gaussian_blur(rearrange(z, "b c f h w -> b f c h w"), kernel_size, sigma), "b f c h w -> b c f h w"
-    )
-    out = keep * z + (1 - keep) * blurred
-    out[:, :, 0] = z[:, :, 0]
-    return out
-
-
-def fsp_start_index(timesteps: torch.Tensor, t0: float | None, num_train_timesteps: int) -> int:
-    """Index of the first sampling step for FSP start ``t0`` in (0, 1] (``None``: the first step)."""
-    if t0 is None:
-        return 0
-    if not 0 < t0 <= 1:
-        raise ValueError(f"fsp_t0 must be in (0, 1], got {t0}")
-    idx = (timesteps <= t0 * num_train_timesteps).nonzero()
-    if len(idx) == 0:
-        raise ValueError(f"fsp_t0={t0} is below the last sampling timestep {int(timesteps[-1])}")
-    return int(idx[0])
-
-
-def initial_latents(
-    z1: torch.Tensor,
-    num_frames: int,
-    scheduler: DDIMScheduler,
-    generator: torch.Generator,
-    fsp: bool = True,
-    fsp_t0: float | None = None,
-    fsp_p: float = 0.5,
-    fsp_kernel: int = 9,
-    fsp_sigma: float = 18.0,
-    noise: torch.Tensor | None = None,
-    fsp_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Starting latents (b c f h w, dtype of ``z1``) and the index of the first sampling step; frame 0 is
-    ``z1`` exactly.
-
-    FSP on: ``scheduler.add_noise(D(repeat(z1)), eps, t_start)``; off: pure noise at the first step.
-    ``noise`` (b c f h w) and ``fsp_mask`` (b c f h w, 1 = keep) replace the draws from ``generator``
-    (the official pipeline draws its mask from its generator and its noise from the global RNG)."""
-    b, c, h, w = z1.shape
-    shape = (b, c, num_frames, h, w)
-    if noise is None:
-        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
-    noise = noise.to(z1.device, z1.dtype)
-    if fsp:
-        start = fsp_start_index(scheduler.timesteps, fsp_t0, scheduler.config.num_train_timesteps)
-        t = scheduler.timesteps[start]
-        prior = degrade(
-            z1[:, :, None].expand(shape).contiguous(), fsp_p, generator, fsp_kernel, fsp_sigma, mask=fsp_mask
-        )
-        latents = scheduler.add_noise(prior, noise, t.reshape(1).to(z1.device))
-    else:
-        start = 0
-        latents = noise * scheduler.init_noise_sigma
-    latents[:, :, 0] = z1
-    return latents, start
-
-
-# ----------------------------------------------------------------------------------------------
-# colour matching (post-processing)
-# ----------------------------------------------------------------------------------------------
-def _match_channel(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    s_vals, s_idx, s_counts = np.unique(src.ravel(), return_inverse=True, return_counts=True)
-    r_vals, r_counts = np.unique(ref.ravel(), return_counts=True)
-    s_q = np.cumsum(s_counts) / src.size
-    r_q = np.cumsum(r_counts) / ref.size
-    return np.interp(s_q, r_q, r_vals)[s_idx].reshape(src.shape)
-
-
-def color_match(video: torch.Tensor) -> torch.Tensor:
-    """Histogram-match the a/b channels (CIELAB) of every frame to frame 0. ``video``: f c h w in [-1, 1]."""
-    import cv2
-
-    frames = (
-        ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    )
-    ref = cv2.cvtColor(frames[0], cv2.COLOR_RGB2LAB)
-    out = [frames[0]]
-    for fr in frames[1:]:
-        lab = cv2.cvtColor(fr, cv2.COLOR_RGB2LAB).astype(np.float64)
-        for ch in (1, 2):
-            lab[..., ch] = _match_channel(lab[..., ch], ref[..., ch].astype(np.float64))
-        out.append(cv2.cvtColor(np.clip(lab.round(), 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB))
-    arr = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return arr.to(video.device, video.dtype)
+from i2vlab.pipelines.animatediff import AnimateDiffPipeline
+from i2vlab.pipelines.frame_prior import (  # noqa: F401  (part of this module's interface)
+    color_match,
+    degrade,
+    fsp_start_index,
+    gaussian_blur,
+    initial_latents,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,8 +97,8 @@ def sample_i2v(
 ) -> torch.Tensor:
     """Image(s) (b c h w in [-1, 1]) + prompts -> videos (b f c h w in [-1, 1]) with frame 0 = the image.
 
-    ``module`` is the I2V-Adapter LightningModule (unet with the first-frame processors, vae, text and
-    image encoders, training scheduler). ``controlnet``: a diffusers ``ControlNetModel`` with
+    ``module`` is an :class:`I2VAdapterPipeline` (or anything with its components and encoders: the
+    unet with the first-frame processors, vae, text and image encoders, training scheduler). ``controlnet``: a diffusers ``ControlNetModel`` with
     ``control_frames`` (b f 3 H W in [0, 1]). ``return_latents``: also return the final latents;
     ``output_type="latent"``: return only the final latents (b c f h w), no decoding.
 
@@ -324,3 +208,140 @@ def sample_i2v(
     if color_match_frames:
         video = torch.stack([color_match(v) for v in video])
     return (video, latents) if return_latents else video
+
+
+class I2VAdapterPipeline(AnimateDiffPipeline):
+    """I2V-Adapter: the AnimateDiff UNet with the first-frame attention branch on every spatial
+    ``attn1`` and the IP-Adapter(-Plus) content adapter; ``__call__`` is :func:`sample_i2v`.
+
+    Args (besides :class:`~i2vlab.pipelines.base.VideoPipeline`'s):
+        image_encoder: ``CLIPVisionModelWithProjection`` (``hidden_states[-2]`` feeds the Resampler).
+        content_adapter: ``install_content_adapter`` kwargs (``pretrained`` IP-Adapter file or
+            ``image_proj`` Resampler config, ``scale``), or ``None`` for no content adapter (ablation).
+        adapter: ``{copy_query: bool, pretrained: <exported/converted adapter .safetensors> | null}``.
+    """
+
+    components: ClassVar[tuple[str, ...]] = (*AnimateDiffPipeline.components, "image_encoder")
+    default_sampling: ClassVar[dict[str, Any]] = {"num_inference_steps": 25, "guidance_scale": 7.5}
+    keyframes: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        unet: Any,
+        image_encoder: Any = None,
+        content_adapter: Mapping[str, Any] | None = None,
+        adapter: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from i2vlab.models.content_adapter import install_content_adapter
+        from i2vlab.models.i2v_adapter import install_i2v_adapter
+
+        super().__init__(unet=unet, **kwargs)
+        self.image_encoder = image_encoder
+        if content_adapter:
+            if image_encoder is None:
+                raise ValueError("method.content_adapter needs method.image_encoder (a CLIP vision model)")
+            install_content_adapter(unet, **content_adapter)  # before the I2V processors (it resets them)
+        adapter = dict(adapter or {})
+        install_i2v_adapter(unet, copy_query=bool(adapter.get("copy_query", True)))
+        if adapter.get("pretrained"):
+            self.load_adapter(adapter["pretrained"])
+        self._personalized: dict[str, Any] = {}
+        self._controlnets: dict[str, Any] = {}
+
+    # -- conditioning --------------------------------------------------------------------------
+    def image_embeddings(self, images: torch.Tensor, drop: torch.Tensor | None = None) -> dict[str, Any]:
+        """UNet keyword arguments of the content adapter for first frames (b c h w in [-1, 1]);
+        ``drop`` (b,) replaces chosen images by the unconditional (all-zero CLIP input) embedding."""
+        if not has_content_adapter(self.unet):
+            return {}
+        emb = encode_clip_image(self.image_encoder, images, drop=drop)
+        return {"added_cond_kwargs": {"image_embeds": [emb[:, None].to(self.device)]}}
+
+    # -- weights ---------------------------------------------------------------------------------
+    def load_adapter(self, path: str | Path) -> list[str]:
+        """An adapter file (``export/trainable.safetensors`` or ``scripts/convert_i2v_adapter.py`` output)."""
+        from safetensors.torch import load_file
+
+        from i2vlab.models.i2v_adapter import load_i2v_adapter_state_dict
+        from i2vlab.models.loading import WeightsNotFoundError, on_meta
+
+        if on_meta():
+            return []
+        if not Path(path).is_file():
+            raise WeightsNotFoundError(
+                f"method.adapter.pretrained: {path!r} does not exist (an I2V-Adapter .safetensors)"
+            )
+        return load_i2v_adapter_state_dict(self.unet, load_file(str(path)))
+
+    def personalize(
+        self,
+        personalized_unet: str | None = None,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
+        reset_query: bool = False,
+    ) -> None:
+        """Swap in a DreamBooth-style SD1.5 UNet (full weights) and/or add a LoRA, keeping the trained
+        adapter and motion module. Idempotent for the same arguments."""
+        from i2vlab.models.i2v_adapter import load_lora, load_personalized_unet
+
+        key = {
+            "personalized_unet": personalized_unet,
+            "lora": lora,
+            "lora_scale": lora_scale,
+            "reset_query": reset_query,
+        }
+        if key == self._personalized:
+            return
+        if self._personalized:
+            raise RuntimeError("this pipeline was already personalised differently; load it again")
+        if personalized_unet:
+            load_personalized_unet(self.unet, personalized_unet, reset_query=reset_query)
+        if lora:
+            load_lora(self.unet, lora, scale=lora_scale)
+        self._personalized = key
+
+    def controlnet(self, controlnet: Any) -> Any:
+        """A ``ControlNetModel`` (given, or loaded once from its folder) on this pipeline's device."""
+        if isinstance(controlnet, torch.nn.Module):
+            return controlnet.to(self.device).eval()
+        if controlnet not in self._controlnets:
+            from diffusers import ControlNetModel
+
+            from i2vlab.models.loading import check_weights
+
+            check_weights(str(controlnet), "controlnet")
+            self._controlnets[controlnet] = ControlNetModel.from_pretrained(controlnet).to(self.device).eval()
+        return self._controlnets[controlnet]
+
+    # -- sampling --------------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        images: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Image(s) (b c h w in [-1, 1]) + prompts -> videos (b f c h w in [-1, 1]); options: see
+        :func:`sample_i2v`, plus ``personalized_unet``, ``lora``, ``lora_scale`` (:meth:`personalize`),
+        ``controlnet`` (``ControlNetModel`` or its folder) with ``control_frames`` (b f 3 H W in [0, 1])
+        or ``control_video`` (a video file, one control frame per output frame)."""
+        if images is None:
+            raise ValueError("I2V-Adapter needs a first-frame image (images=...)")
+        num_frames, opts = self.options(num_frames, kwargs)
+        num_frames = num_frames or 16
+        perso = {
+            k: opts.pop(k) for k in ("personalized_unet", "lora", "lora_scale", "reset_query") if k in opts
+        }
+        if perso.get("personalized_unet") or perso.get("lora"):
+            self.personalize(**perso)
+        video_path = opts.pop("control_video", None)
+        if opts.get("controlnet") is not None:
+            opts["controlnet"] = self.controlnet(opts["controlnet"])
+            if video_path is not None and opts.get("control_frames") is None:
+                from i2vlab.utils.video_io import from_uint8_frames, read_video
+
+                frames = from_uint8_frames(read_video(video_path)[0][:num_frames])  # f c h w in [-1, 1]
+                opts["control_frames"] = ((frames + 1) / 2)[None].expand(len(prompts), -1, -1, -1, -1)
+        return sample_i2v(self, prompts, images, num_frames=num_frames, seed=seed, **opts)

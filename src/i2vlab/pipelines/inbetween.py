@@ -1,4 +1,5 @@
-"""Keyframe interpolation with Stable Video Diffusion: Generative Inbetweening, TRF, optical flow.
+"""Keyframe interpolation with Stable Video Diffusion: :class:`InbetweenPipeline` -- Generative
+Inbetweening, with TRF and optical flow as baselines (:mod:`i2vlab.pipelines.inbetween_baselines`).
 
 - :func:`sample_inbetween` (Generative Inbetweening §3.3, ``method=ours``): at every Euler step,
   the frozen forward UNet predicts from frame 0 on ``z`` (recording its temporal attention maps),
@@ -22,141 +23,31 @@ Tensors: keyframes (b c h w) in [-1, 1]; latents (b f c h w) as the SVD UNet tak
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
+from einops import rearrange
 
 from i2vlab.diffusion.edm import (
     denoised,
-    euler_step,
     euler_with_reinjection,
-    init_noise_sigma,
     sampling_sigmas,
     work_dtype,
 )
-from i2vlab.models.svd import added_time_ids, svd_unet_forward
-
-
-@dataclass
-class KeyframeCond:
-    """Conditioning of one path: CLIP embeds (n, 1, d), image latents (n, c, h, w), time ids (n, 3);
-    with CFG, n = 2b with the unconditional half (zeros) first."""
-
-    embeds: torch.Tensor
-    latents: torch.Tensor
-    time_ids: torch.Tensor
-
-
-def encode_keyframes(
-    module,
-    first: torch.Tensor,
-    last: torch.Tensor,
-    generator: torch.Generator,
-    cfg: bool,
-    fps: float = 7,
-    motion_bucket_id: float = 127,
-    noise_aug_strength: float = 0.02,
-    cond_noise: torch.Tensor | None = None,
-) -> tuple[KeyframeCond, KeyframeCond]:
-    """Both keyframes' conditioning with the same noise-augmentation sample (as the official code):
-    ``cond_noise`` (b c h w) or drawn from ``generator``. A float16 VAE whose config asks for
-    ``force_upcast`` encodes in float32, as the official (and diffusers') SVD pipeline does."""
-    if cond_noise is None:
-        cond_noise = torch.randn(first.shape, generator=generator, device=first.device, dtype=torch.float32)
-    elif cond_noise.shape != first.shape:
-        raise ValueError(
-            f"cond_noise must have the keyframes' shape {tuple(first.shape)}, got {tuple(cond_noise.shape)}"
-        )
-    vae = module.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    if upcast:
-        vae.to(torch.float32)
-    try:
-        encoded = [module.encode_condition(img, cond_noise, noise_aug_strength) for img in (first, last)]
-    finally:
-        if upcast:
-            vae.to(torch.float16)
-    out = []
-    for img, (emb, lat) in zip((first, last), encoded):
-        ids = added_time_ids(
-            fps - 1,
-            motion_bucket_id,
-            noise_aug_strength,
-            img.shape[0],
-            img.device,
-            dtype=emb.dtype,
-            unet=module.unet,
-        )
-        if cfg:
-            emb, lat, ids = (
-                torch.cat([torch.zeros_like(emb), emb]),
-                torch.cat([torch.zeros_like(lat), lat]),
-                ids.repeat(2, 1),
-            )
-        out.append(KeyframeCond(emb, lat, ids))
-    return out[0], out[1]
-
-
-def guided_prediction(
-    unet, z: torch.Tensor, sigma: float, cond: KeyframeCond, guidance: torch.Tensor | None
-) -> torch.Tensor:
-    """UNet v-prediction on (b f c h w) latents with classifier-free guidance ``guidance`` (b, f, 1, 1, 1)
-    (``None``: no CFG)."""
-    x = torch.cat([z, z]) if guidance is not None else z
-    out = svd_unet_forward(unet, x, torch.tensor(sigma), cond.embeds, cond.latents, cond.time_ids).to(z.dtype)
-    if guidance is None:
-        return out
-    uncond, c = out.chunk(2)
-    return uncond + guidance * (c - uncond)
-
-
-def frame_ramp(
-    num_frames: int, start: float, end: float, batch: int, device, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """``linspace(start, end, F)`` (made in float32, as the official pipeline) shaped (b, f, 1, 1, 1)
-    in ``dtype``."""
-    return (
-        torch.linspace(start, end, num_frames, device=device)
-        .to(dtype)
-        .view(1, -1, 1, 1, 1)
-        .expand(batch, -1, -1, -1, -1)
-    )
-
-
-def _initial_latents(
-    module,
-    batch: int,
-    num_frames: int,
-    height: int,
-    width: int,
-    sigmas: torch.Tensor,
-    generator: torch.Generator,
-    device,
-    latents: torch.Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Initial x: unit Gaussian noise (b f c h w; ``latents`` if given, as in diffusers pipelines)
-    times ``init_noise_sigma``, in ``dtype``."""
-    c = module.unet.config.out_channels
-    f = 2 ** (len(module.vae.config.block_out_channels) - 1)
-    shape = (batch, num_frames, c, height // f, width // f)
-    if latents is None:
-        latents = torch.randn(shape, generator=generator, device=device)
-    elif tuple(latents.shape) != shape:
-        raise ValueError(f"latents must have shape {shape} (b f c h w), got {tuple(latents.shape)}")
-    return latents.to(device, dtype) * init_noise_sigma(sigmas)
-
-
-def _check_keyframes(first: torch.Tensor, last: torch.Tensor, module) -> None:
-    if first.shape != last.shape or first.ndim != 4:
-        raise ValueError(
-            f"keyframes must both be (b c h w), got {tuple(first.shape)} and {tuple(last.shape)}"
-        )
-    f = 2 ** (len(module.vae.config.block_out_channels) - 1)
-    if first.shape[-1] % f or first.shape[-2] % f:
-        raise ValueError(f"keyframe height/width must be multiples of {f}, got {tuple(first.shape[-2:])}")
+from i2vlab.models.svd import clip_image_embeds
+from i2vlab.pipelines.base import VideoPipeline
+from i2vlab.pipelines.inbetween_baselines import flow_interpolate, sample_trf, trf_step_schedule  # noqa: F401
+from i2vlab.pipelines.svd_common import (  # noqa: F401  (part of this module's interface)
+    KeyframeCond,
+    _check_keyframes,
+    _initial_latents,
+    encode_keyframes,
+    frame_ramp,
+    guided_prediction,
+)
 
 
 @torch.no_grad()
@@ -232,105 +123,132 @@ def sample_inbetween(
     return module.decode_latents(z.transpose(1, 2))
 
 
-def trf_step_schedule(
-    num_steps: int, jump_length: int = 5, jump_n_sample: int = 2, repeat_step_ratio: float = 0.8
-) -> list[int]:
-    """TRF's step-index order with RePaint jumps: ascending indices 0..N-1 where, from
-    ``repeat_step_ratio·N`` on, every ``jump_length`` steps the index goes back ``jump_length`` steps
-    (``jump_n_sample - 1`` times). A non-increasing index means "re-noise one level"."""
-    jumps = {
-        j: jump_n_sample - 1
-        for j in range(int(num_steps * repeat_step_ratio), num_steps - jump_length, jump_length)
+class InbetweenPipeline(VideoPipeline):
+    """Generative Inbetweening on SVD: the frozen forward UNet (``ref_unet``, a copy of the base UNet
+    taken at construction) records its temporal self-attention maps; the fine-tuned ``unet`` uses
+    them rotated 180° (:mod:`i2vlab.models.attention_control`). ``__call__`` interpolates two
+    keyframes with ``method`` ``ours`` (:func:`sample_inbetween`), ``trf`` or ``flow``.
+
+    Args (besides :class:`~i2vlab.pipelines.base.VideoPipeline`'s; no text encoder):
+        image_encoder: ``CLIPVisionModelWithProjection``; image_processor: ``CLIPImageProcessor``.
+        noise_scheduler: SVD's ``EulerDiscreteScheduler`` (the sampling σ schedule).
+        noise_aug_strength: noise added to the conditioning frames (SVD's micro-conditioning).
+    """
+
+    components: ClassVar[tuple[str, ...]] = (
+        "unet",
+        "ref_unet",
+        "vae",
+        "image_encoder",
+        "image_processor",
+        "noise_scheduler",
+    )
+    default_sampling: ClassVar[dict[str, Any]] = {"method": "ours"}
+    keyframes: ClassVar[int] = 2
+    samplers: ClassVar[dict[str, Callable]] = {
+        "ours": sample_inbetween,
+        "trf": sample_trf,
+        "flow": flow_interpolate,
     }
-    order, t = [], num_steps
-    while t >= 1:
-        t -= 1
-        order.append(t)
-        if jumps.get(t, 0) > 0:
-            jumps[t] -= 1
-            for _ in range(jump_length):
-                t += 1
-                order.append(t)
-    return [num_steps - 1 - t for t in order]
 
+    def __init__(
+        self,
+        unet: Any,
+        vae: Any,
+        image_encoder: Any,
+        image_processor: Any,
+        noise_scheduler: Any,
+        noise_aug_strength: float = 0.02,
+        vae_chunk_size: int = 8,
+        sampling: dict[str, Any] | None = None,
+    ) -> None:
+        from i2vlab.models.attention_control import (
+            AttentionStore,
+            install_flip_processors,
+            install_store_processors,
+        )
 
-@torch.no_grad()
-def sample_trf(
-    module,
-    first: torch.Tensor,
-    last: torch.Tensor,
-    num_frames: int,
-    num_inference_steps: int = 50,
-    fps: float = 7,
-    motion_bucket_id: float = 127,
-    noise_aug_strength: float = 0.02,
-    min_guidance_scale: float = 1.0,
-    max_guidance_scale: float = 3.0,
-    jump_length: int = 5,
-    jump_n_sample: int = 2,
-    repeat_step_ratio: float = 0.8,
-    noise_scale_ratio: float = 1.0,
-    seed: int = 0,
-    latents: torch.Tensor | None = None,
-    unet=None,
-    return_latents: bool = False,
-) -> torch.Tensor:
-    """Time Reversal Fusion with the unmodified SVD (``unet`` defaults to ``module.ref_unet``)."""
-    _check_keyframes(first, last, module)
-    net = unet if unet is not None else module.ref_unet
-    device, b, dt = first.device, first.shape[0], work_dtype(first.dtype)
-    g = torch.Generator(device=device).manual_seed(int(seed))
-    cfg = max_guidance_scale > 1.0
-    c_fwd, c_bwd = encode_keyframes(
-        module, first.to(dt), last.to(dt), g, cfg, fps, motion_bucket_id, noise_aug_strength
-    )
-    sigmas = sampling_sigmas(module.noise_scheduler, num_inference_steps)
-    z = _initial_latents(
-        module, b, num_frames, first.shape[-2], first.shape[-1], sigmas, g, device, latents, dt
-    )
-    guidance = frame_ramp(num_frames, min_guidance_scale, max_guidance_scale, b, device, dt) if cfg else None
-    w = frame_ramp(num_frames, 1.0, 0.0, b, device, dt)
+        super().__init__(
+            unet=unet,
+            vae=vae,
+            noise_scheduler=noise_scheduler,
+            vae_chunk_size=vae_chunk_size,
+            sampling=sampling,
+        )
+        self.image_encoder, self.image_processor = image_encoder, image_processor
+        self.noise_aug_strength = float(noise_aug_strength)
+        self.ref_unet = copy.deepcopy(unet)  # the forward model: the base UNet before any fine-tuning
+        self.ref_unet.requires_grad_(False)
+        self.attention_store = AttentionStore()
+        self.controlled_layers = install_store_processors(self.ref_unet, self.attention_store)
+        install_flip_processors(self.unet, self.attention_store, self.controlled_layers)
 
-    order = trf_step_schedule(num_inference_steps, jump_length, jump_n_sample, repeat_step_ratio)
-    last_id = order[0] - 1
-    for step in order:
-        if step > last_id:  # denoise σ_step -> σ_step+1 in both directions, blend the latents
-            s, s_next = float(sigmas[step]), float(sigmas[step + 1])
-            zf = euler_step(z, denoised(guided_prediction(net, z, s, c_fwd, guidance), z, s), s, s_next)
-            zr = z.flip(1)
-            zb = euler_step(zr, denoised(guided_prediction(net, zr, s, c_bwd, guidance), zr, s), s, s_next)
-            z = w * zf + (w * zb).flip(1)
-        else:  # jump back: re-noise from σ_{last+1} to σ_last
-            std = math.sqrt(max(float(sigmas[last_id]) ** 2 - float(sigmas[last_id + 1]) ** 2, 0.0))
-            z = z + torch.randn(z.shape, generator=g, device=device).to(dt) * std * noise_scale_ratio
-        last_id = step
-    if return_latents:
-        return z
-    return module.decode_latents(z.transpose(1, 2))
+    @torch.no_grad()
+    def encode_condition(
+        self, image: torch.Tensor, noise: torch.Tensor | None = None, noise_aug_strength: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SVD conditioning of frames (b c h w) in [-1, 1]: (CLIP embeds (b, 1, d) of the clean frame,
+        unscaled VAE mode (b, c, h', w') of the frame + ``noise_aug_strength``·``noise``). Computed
+        in float32, or float64 for a float64 ``image``."""
+        aug = self.noise_aug_strength if noise_aug_strength is None else float(noise_aug_strength)
+        dt = work_dtype(image.dtype)
+        image = image.to(dt)
+        embeds = clip_image_embeds(self.image_encoder, self.image_processor, image)
+        noisy = image + aug * noise.to(image.device, dt) if noise is not None else image
+        latents = self.vae.encode(noisy.to(self.vae.dtype)).latent_dist.mode().to(dt)
+        return embeds, latents
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (b c f h w) -> video (b f c h w) in [-1, 1]; the temporal decoder sees
+        ``vae_chunk_size`` frames of one video at a time."""
+        out = []
+        for z in latents:  # c f h w
+            frames = rearrange(z, "c f h w -> f c h w") / self.latent_scale
+            dec = [
+                self.vae.decode(c.to(self.vae.dtype), num_frames=c.shape[0]).sample.float()
+                for c in frames.split(self.vae_chunk_size)
+            ]
+            out.append(torch.cat(dec))
+        return torch.stack(out).clamp(-1, 1)
 
-# ----------------------------------------------------------------------------------------------
-# optical-flow baseline
-# ----------------------------------------------------------------------------------------------
-def flow_interpolate(
-    first: torch.Tensor, last: torch.Tensor, num_frames: int, algorithm: str = "dis"
-) -> torch.Tensor:
-    """Interpolate ``num_frames`` frames (keyframes included) between ``first`` and ``last`` (b c h w in
-    [-1, 1]) by bidirectional optical flow. For t in [0, 1] the flows to the keyframes are
-    approximated from the keyframe flows under linear motion (Jiang et al., Super SloMo):
-    ``F_t0 = -(1-t)t·F_01 + t²·F_10``, ``F_t1 = (1-t)²·F_01 - t(1-t)·F_10``; the frame is
-    ``(1-t)·warp(I0, F_t0) + t·warp(I1, F_t1)``. Returns (b f c h w) in [-1, 1]."""
-    if num_frames < 2:
-        raise ValueError("flow interpolation needs num_frames >= 2")
-    from i2vlab.metrics.extractors.flow import OpenCVFlow
-    from i2vlab.metrics.functional import warp
-
-    flow = OpenCVFlow(algorithm)  # the evaluator's OpenCV flow (DIS / Farneback), n 2 h w in pixels
-    a, b = first.float(), last.float()
-    f01, f10 = flow(a, b).to(a.device), flow(b, a).to(a.device)
-    frames = []
-    for t in torch.linspace(0.0, 1.0, num_frames).tolist():
-        ft0 = -(1 - t) * t * f01 + t * t * f10
-        ft1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-        frames.append((1 - t) * warp(a, ft0) + t * warp(b, ft1))
-    return torch.stack(frames, dim=1).clamp(-1, 1)
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        images: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        seed: int = 0,
+        last_images: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Interpolate between ``images`` (first keyframes, b c h w) and ``last_images`` (b c h w), both
+        in [-1, 1]. Prompts are ignored (SVD has no text conditioning). ``method``: ``ours`` (fused
+        forward + fine-tuned backward, noise re-injection), ``trf`` (Time Reversal Fusion on the
+        unmodified SVD) or ``flow`` (OpenCV optical flow). Other keywords go to the chosen sampler;
+        keys meant for another sampler are ignored. Returns (b f c h w) in [-1, 1]."""
+        num_frames, opts = self.options(num_frames, kwargs)
+        mode = opts.pop("method", "ours")
+        if last_images is None:
+            last_images = opts.pop("last_images", None)
+        opts.pop("last_images", None)
+        if mode not in self.samplers:
+            raise ValueError(f"sampling method {mode!r}: choose one of {sorted(self.samplers)}")
+        if images is None or last_images is None:
+            raise ValueError(
+                "keyframe interpolation needs two keyframes: images=(b c h w) and last_images=(b c h w)"
+            )
+        num_frames = int(num_frames or self.unet.config.num_frames)
+        known = set().union(*(inspect.signature(f).parameters for f in self.samplers.values()))
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown sampling option(s) {unknown}; options: {sorted(known - {'module', 'first', 'last'})}"
+            )
+        fn = self.samplers[mode]
+        opts = {k: v for k, v in opts.items() if k in inspect.signature(fn).parameters}
+        first = images.to(self.device, work_dtype(images.dtype))  # float32, float64 if given so
+        last = last_images.to(self.device, first.dtype)
+        if mode == "flow":
+            return fn(first, last, num_frames, **opts)
+        return fn(self, first, last, num_frames, seed=seed, **opts)

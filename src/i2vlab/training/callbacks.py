@@ -54,6 +54,40 @@ def peak_memory_gb(device: torch.device | None = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+class DataHealthMonitor(pl.Callback):
+    """``data/<kind>`` (:mod:`i2vlab.data.health`): what the training stream skipped or repaired so
+    far, summed over workers, epochs (and the run before a resume) and ranks -- one reduction per
+    logging interval -- and the all-rank totals in every checkpoint (Lightning keeps rank 0's data
+    module state only; on resume rank 0 carries them on, the other ranks start from zero)."""
+
+    @staticmethod
+    def totals(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        """This rank's totals summed over ranks (a collective: every rank calls it)."""
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "health_totals"):
+            return None
+        counts = dm.health_totals().snapshot()
+        t = torch.tensor(list(counts.values()), dtype=torch.float64, device=pl_module.device)
+        if trainer.world_size > 1:
+            t = trainer.strategy.reduce(t, reduce_op="sum")
+        return dict(zip(counts, t.tolist()))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
+        if trainer.global_step % every:
+            return
+        for k, v in (self.totals(trainer, pl_module) or {}).items():
+            pl_module.log(f"data/{k}", v, rank_zero_only=True)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        state = next((v for v in checkpoint.values() if isinstance(v, dict) and "health" in v), None)
+        totals = self.totals(trainer, pl_module)
+        if state is not None and totals is not None:
+            state["health"] = {k: int(v) for k, v in totals.items()}
+
+
 class ValidationVideos(pl.Callback):
     """Fixed-seed validation videos: after each validation (not the sanity check), rank 0 samples the
     method from the first validation clips (``method.validation.num_samples`` of them, with

@@ -5,8 +5,16 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def to_plain(config: Any) -> Any:
+    """OmegaConf containers -> plain Python (dicts, lists), resolved; anything else unchanged."""
+    if isinstance(config, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
 
 
 def run_id(path: str) -> str:
