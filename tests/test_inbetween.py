@@ -22,7 +22,6 @@ from i2vlab.models.attention_control import (
     AttentionStoreProcessor,
     rotate_map,
 )
-from i2vlab.models.svd import svd_unet_forward
 from i2vlab.pipelines.inbetween import flow_interpolate, sample_inbetween, sample_trf, trf_step_schedule
 
 REPO = Path(__file__).resolve().parents[1]
