@@ -188,7 +188,13 @@ def cmd_publish(a: argparse.Namespace) -> None:
         # the whole VAE as the run exported it (export/vae: with the encoder a run may have taken
         # from init_from, which a rebuild from the run config would not have, and its scaling factor)
         folder = run / "export" / ("vae_ema" if a.ema else "vae")
-        vae = type(module.vae).from_pretrained(str(folder))
+        if folder.is_dir():
+            vae = type(module.vae).from_pretrained(str(folder))
+        else:  # a run stopped early (SIGTERM): its last checkpoint, scaling factor from its last validation
+            vae = module.vae
+            std = _last_logged(run, "val/latent_std")
+            vae.register_to_config(scaling_factor=1.0 / std)
+            print(f"{folder} missing: VAE from the run's last checkpoint, scaling_factor 1/{std:.4f}")
         written.append(save_module(vae, ASSETS / ("vae" if kind == "vae" else "svd/vae"), dtype))
     elif kind == "t2v":
         written.append(save_module(module.unet, ASSETS / "i2v_adapter" / "unet", dtype))
@@ -240,6 +246,15 @@ def cmd_publish(a: argparse.Namespace) -> None:
     prov.write_text(json.dumps(info, indent=1, default=str) + "\n")
     for p in written + [prov]:
         print(f"wrote {p}")
+
+
+def _last_logged(run: Path, key: str) -> float:
+    import csv
+
+    rows = [r for r in csv.DictReader(open(run / "csv" / "version_0" / "metrics.csv")) if r.get(key)]
+    if not rows:
+        raise SystemExit(f"{run}: no {key} logged")
+    return float(rows[-1][key])
 
 
 def _first_run_info(run: Path) -> list[dict]:
