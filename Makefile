@@ -1,5 +1,5 @@
 # i2vlab — make targets. Everything runs inside .venv, created on first use and reused after.
-#   make demo   install, build toy shards, train a tiny model, sample a video, score it
+#   make demo   install, build toy shards, fine-tune the published toy models, sample, score (scripts/demo.py)
 #   make test   install and run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -28,17 +28,7 @@ toy-data: install
 demo: install
 	@rm -rf $(DEMO_DIR)
 	$(BIN)/python scripts/make_toy_shards.py --out data/toy
-	$(BIN)/python train.py experiment=smoke hydra.run.dir=$(DEMO_DIR)/train
-	$(BIN)/python scripts/sample.py --run $(DEMO_DIR)/train --prompt "a red circle moving left over a striped background" \
-		--prompt "a blue square zooming in over a checkered background" \
-		--num-frames 8 --set num_inference_steps=8 --out $(DEMO_DIR)/samples/demo.mp4
-	$(BIN)/python evaluate.py eval=smoke eval.generated=$(DEMO_DIR)/samples eval.output_dir=$(DEMO_DIR)/eval
-	@echo
-	@echo "demo outputs:"
-	@echo "  toy shards     data/toy/{train,val}/*.tar"
-	@echo "  training run   $(DEMO_DIR)/train  (checkpoints/, export/, samples/, csv/version_0/metrics.csv)"
-	@echo "  sampled videos $(DEMO_DIR)/samples/demo_{0,1}.mp4"
-	@echo "  evaluation     $(DEMO_DIR)/eval  (results.json, results.md)"
+	$(BIN)/python scripts/demo.py --out $(DEMO_DIR) --data data/toy
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)

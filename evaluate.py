@@ -16,6 +16,7 @@ configure_threads()  # before torch is imported (OMP_NUM_THREADS to override)
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+import i2vlab.evaluation.config  # noqa: E402,F401  (registers the eval/schema structured config)
 from i2vlab.errors import report_user_errors  # noqa: E402
 
 log = logging.getLogger("evaluate")
@@ -29,6 +30,7 @@ def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from i2vlab.evaluation import Evaluator
+    from i2vlab.evaluation.report import summary_lines
 
     ecfg = OmegaConf.to_container(cfg.eval, resolve=True)
     if ecfg.get("output_dir") is None:
@@ -40,8 +42,8 @@ def main(cfg: DictConfig) -> dict:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     results = Evaluator(ecfg).run()
     if not dist.is_initialized() or dist.get_rank() == 0:
-        for m, v in results["metrics"].items():
-            log.info("%-18s %s", m, "not computed" if v.get("value") is None else f"{v['value']:.6g}")
+        for level, line in summary_lines(results):
+            log.log(level, "%s", line)
         log.info(
             "wrote results.json, results.md, per_video.csv to %s%s",
             ecfg["output_dir"],

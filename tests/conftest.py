@@ -23,6 +23,17 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 sys.path.insert(0, str(ROOT / "scripts"))
+# subprocesses (train.py, scripts) import this checkout's package, whatever the environment has installed
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+)
+
+
+def with_tests_on_path(env: dict | None = None) -> dict:
+    """``os.environ`` (+ ``env``) with ``tests/`` also importable (test-only callbacks such as ``killer``)."""
+    full = {**os.environ, **(env or {})}
+    full["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), full.get("PYTHONPATH", "")])
+    return full
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_train
+from conftest import ROOT, compose_train, with_tests_on_path
 
 from i2vlab.training import RunDirectoryNotEmpty, resolve_ckpt_path, train
 from i2vlab.training.checkpoints import (
@@ -35,7 +35,7 @@ COMMON = [
 
 
 def _run_train(args: list[str], run: Path, data: Path, timeout: int = 300, extra_env: dict | None = None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    env = with_tests_on_path({"OMP_NUM_THREADS": "1", **(extra_env or {})})
     return subprocess.run(
         [sys.executable, "train.py", *args, f"paths.data_dir={data}", f"hydra.run.dir={run}"],
         cwd=ROOT,

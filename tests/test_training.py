@@ -4,12 +4,11 @@ DDP, multirun, loggers, parameter reports, weight-loading errors."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT, compose_train, run_script
+from conftest import CONF, ROOT, compose_train, run_script, with_tests_on_path
 from omegaconf import OmegaConf
 
 from i2vlab.training import instantiate_model, train
@@ -259,7 +258,7 @@ def test_run_killed_with_sigkill_resumes_on_the_same_trajectory(tmp_path, toy_da
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"},
+        env=with_tests_on_path({"OMP_NUM_THREADS": "1"}),
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3

@@ -18,9 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from i2vlab.errors import UserError
 from i2vlab.utils.video_io import VIDEO_EXTENSIONS, VideoDecodeError, open_video, read_frames, read_video
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class EvalInputError(UserError, ValueError):
+    """The inputs cannot be read as configured (missing folder, bad manifest, no videos)."""
+
+
+class EvalInputNotFoundError(UserError, FileNotFoundError):
+    """A configured input path does not exist."""
 
 
 @dataclass
@@ -93,10 +102,10 @@ def collect_videos(spec: str | os.PathLike | list | None) -> tuple[list[VideoRef
         s = os.path.expanduser(str(s))
         paths = sorted(glob.glob(s)) if any(c in s for c in "*?[") else [s]
         if not paths:
-            raise FileNotFoundError(f"no files match {s!r}")
+            raise EvalInputNotFoundError(f"no files match {s!r}")
         for p in map(Path, paths):
             if not p.exists():
-                raise FileNotFoundError(f"video input {p} does not exist")
+                raise EvalInputNotFoundError(f"video input {p} does not exist")
             if p.is_file() and p.suffix == ".tar":
                 r, c = index_shard(p)
                 refs += r
@@ -133,6 +142,8 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     """CSV (header row) or JSONL with columns ``generated`` (required), ``real``, ``image``, ``prompt``,
     ``key``. Relative paths are resolved against the manifest's folder."""
     path = Path(path)
+    if not path.is_file():
+        raise EvalInputNotFoundError(f"manifest {path} does not exist")
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
@@ -141,7 +152,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         if not r.get("generated"):
-            raise ValueError(f"{path}: row {i} has no 'generated' column/value")
+            raise EvalInputError(f"{path}: row {i} has no 'generated' column/value")
         row = {k: (v if v not in ("", None) else None) for k, v in r.items()}
         for k in ("generated", "real", "image"):
             if row.get(k) and not os.path.isabs(row[k]):
@@ -220,3 +231,73 @@ def load_condition_image(path: str, resolution=None) -> torch.Tensor:
         return load_image(path, tuple(resolution) if resolution is not None else None)
     except Exception as e:
         raise ClipError("unreadable_image", f"cannot read condition image {path}: {e}") from e
+
+
+def read_prompts(path: str) -> dict[str, str]:
+    """``.json`` {key: prompt}, ``.jsonl`` / ``.csv`` (key, prompt) or ``.txt`` lines ``key<TAB>prompt``."""
+    p = Path(path)
+    if not p.is_file():
+        raise EvalInputNotFoundError(f"eval.prompts={path!r} does not exist")
+    if p.suffix.lower() == ".json":
+        return {str(k): str(v) for k, v in json.loads(p.read_text()).items()}
+    if p.suffix.lower() == ".jsonl":
+        return {r["key"]: r["prompt"] for r in map(json.loads, filter(str.strip, p.read_text().splitlines()))}
+    if p.suffix.lower() == ".csv":
+        with open(p, newline="") as f:
+            return {r["key"]: r["prompt"] for r in csv.DictReader(f)}
+    out = {}
+    for line in p.read_text().splitlines():
+        if "\t" in line:
+            k, v = line.split("\t", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def index_images(folder: str) -> dict[str, str]:
+    """Condition images of a folder by key (file stem)."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise EvalInputNotFoundError(f"eval.images={folder!r} is not a folder")
+    return {q.stem: str(q) for q in sorted(p.iterdir()) if q.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def collect_items(cfg: dict, need_real: bool) -> tuple[list[EvalItem], list[VideoRef]]:
+    """(generated items with their pairing, the real reference set) from ``eval.generated`` / ``manifest``,
+    ``real``, ``images``, ``prompts``; ``max_videos`` / ``max_real_videos`` applied."""
+    real_refs, real_caps = collect_videos(cfg["real"])
+    real_by_key = {r.key: r for r in real_refs}
+    prompts = dict(real_caps)
+    if cfg["prompts"]:
+        prompts.update(read_prompts(cfg["prompts"]))
+    items: list[EvalItem] = []
+    if cfg["manifest"]:
+        for row in read_manifest(cfg["manifest"]):
+            k = row["key"]
+            real = ref_from_path(row["real"], k) if row.get("real") else real_by_key.get(k)
+            prompt = row.get("prompt") or prompts.get(k)
+            items.append(EvalItem(k, ref_from_path(row["generated"], k), real, row.get("image"), prompt))
+        if not real_refs:
+            real_refs = [it.real for it in items if it.real is not None]
+    else:
+        gen_refs, gen_caps = collect_videos(cfg["generated"])
+        for k, v in gen_caps.items():
+            prompts.setdefault(k, v)
+        images = index_images(cfg["images"]) if cfg["images"] else {}
+        items = [
+            EvalItem(r.key, r, real_by_key.get(r.key), images.get(r.key), prompts.get(r.key))
+            for r in gen_refs
+        ]
+    if not items:
+        raise EvalInputError(
+            "no generated videos found: set eval.generated (folder/shards), eval.manifest, "
+            "or eval.generate.checkpoint"
+        )
+    if cfg["max_videos"]:
+        items = items[: int(cfg["max_videos"])]
+    if cfg["max_real_videos"]:
+        real_refs = real_refs[: int(cfg["max_real_videos"])]
+    if need_real and not real_refs:
+        raise EvalInputError(
+            "FVD/KVD/FID need real videos: set eval.real (folder/shards) or a 'real' column in eval.manifest"
+        )
+    return items, real_refs

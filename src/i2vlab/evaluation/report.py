@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import torch
 
-LABELS = {
-    "fvd": "FVD↓", "kvd": "KVD↓", "fid": "FID↓", "pic": "PIC↑", "clip_temp": "CLIPTemp↑",
-    "clip_first_frame": "CLIP first-frame↑", "clip_image": "CLIP image-frame↑", "clip_text": "CLIP-SIM↑",
-    "flow_score": "FlowScore↑", "warping_error": "WarpingError↓", "lpips": "LPIPS↓", "psnr": "PSNR↑",
-    "ssim": "SSIM↑", "dover": "DoverVQA↑",
-}  # fmt: skip
+from .registry import LABELS, METRICS
 
-
-def git_revision() -> str | None:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        return (rev + ("-dirty" if dirty else "")) or None
-    except Exception:
-        return None
+PLOT_TITLES = {
+    "per_frame_consistency.png": "per-frame similarity (mean over videos)",
+    "flow_over_time.png": "flow magnitude / warping error per frame pair",
+    "paired_per_frame.png": "paired metrics per frame",
+}
 
 
 def _fmt(v, digits=4) -> str:
@@ -56,6 +35,19 @@ def _jsonable(x):
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     return x
+
+
+def summary_lines(results: dict) -> list[tuple[int, str]]:
+    """(log level, line) per metric for the console: its value, or why it was not computed."""
+    import logging
+
+    out = []
+    for m, v in results["metrics"].items():
+        if v.get("value") is None:
+            out.append((logging.WARNING, f"{m:<18} not computed: {v.get('error', 'no value')}"))
+        else:
+            out.append((logging.INFO, f"{m:<18} {v['value']:.6g}"))
+    return out
 
 
 def render_markdown(results: dict) -> str:
@@ -97,6 +89,7 @@ def render_markdown(results: dict) -> str:
         f"- generated scored: {n['generated_scored']} of {n['generated_listed']}",
         f"- real scored: {n['real_scored']} of {n['real_listed']}",
         f"- skipped: {json.dumps(n['skipped'])}",
+        f"- scored, but some metrics not computed for them: {json.dumps(n.get('partially_scored', {}))}",
         "",
     ]
     cl = results["clip"]
@@ -140,18 +133,11 @@ def write_plots(curves: dict, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    groups = {
-        "per_frame_consistency.png": (
-            ["pic", "clip_image", "clip_first_frame", "clip_temp", "clip_text"],
-            "per-frame similarity (mean over videos)",
-        ),
-        "flow_over_time.png": (
-            ["flow_score", "warping_error"],
-            "flow magnitude / warping error per frame pair",
-        ),
-        "paired_per_frame.png": (["lpips", "ssim"], "paired metrics per frame"),
-    }
-    for fname, (metrics, title) in groups.items():
+    groups: dict[str, list[str]] = {}
+    for name, spec in METRICS.items():
+        if spec.plot:
+            groups.setdefault(spec.plot, []).append(name)
+    for fname, metrics in groups.items():
         present = [m for m in metrics if m in curves and curves[m][1] > 0]
         if not present:
             continue
@@ -159,12 +145,12 @@ def write_plots(curves: dict, out_dir: Path) -> list[str]:
         for ax, m in zip(axes[0], present):
             s, n = curves[m]
             y = (torch.as_tensor(s) / n).tolist()
-            x0 = 1 if m in ("clip_first_frame", "clip_temp", "flow_score", "warping_error") else 0
+            x0 = METRICS[m].curve_x0
             ax.plot(range(x0, x0 + len(y)), y, marker="o", ms=3)
             ax.set_title(LABELS.get(m, m))
             ax.set_xlabel("frame" if x0 == 0 else "frame pair (t-1, t)")
             ax.grid(alpha=0.3)
-        fig.suptitle(title)
+        fig.suptitle(PLOT_TITLES.get(fname, fname))
         fig.tight_layout()
         path = out_dir / fname
         fig.savefig(path, dpi=100)

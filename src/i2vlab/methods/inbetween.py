@@ -2,8 +2,8 @@
 temporal self-attention reuses the forward model's maps rotated by 180°; interpolate two keyframes
 by fusing forward and backward predictions (:class:`~i2vlab.pipelines.inbetween.InbetweenPipeline`).
 
-Training step (spec §3.2), the core's loss with these hooks and the EDM objective
-(:class:`~i2vlab.diffusion.objectives.EDMObjective`):
+Training step (spec §3.2): SVD's EDM objective (:class:`~i2vlab.methods.svd_i2v.SVDImageToVideo`,
+:class:`~i2vlab.diffusion.objectives.EDMObjective`) with these hooks:
 
 1. :meth:`encode_latents`: the clip (b f c h w, sampled at double rate by the data config) is
    encoded and **time-reversed**: the reversed latents ``z_rev`` are the target; σ ~ LogNormal(0.7, 1.6);
@@ -34,73 +34,40 @@ import torch
 from einops import rearrange
 
 from i2vlab.diffusion.edm import work_dtype
-from i2vlab.diffusion.objectives import EDMObjective
-from i2vlab.methods.base import VideoDiffusionModule
-from i2vlab.models.svd import added_time_ids, svd_unet_forward
+from i2vlab.methods.svd_i2v import SVDImageToVideo
+from i2vlab.models.svd import svd_unet_forward
 from i2vlab.pipelines.inbetween import InbetweenPipeline
 
 
-class GenerativeInbetweening(VideoDiffusionModule):
-    """SVD keyframe interpolation with rotated temporal attention.
+class GenerativeInbetweening(SVDImageToVideo):
+    """SVD keyframe interpolation with rotated temporal attention (no conditioning dropout).
 
-    Args (besides :class:`VideoDiffusionModule`'s and the pipeline's):
-        fps_id, motion_bucket_id: SVD micro-conditioning during training (``noise_aug_strength`` is
-            the pipeline's).
-        p_mean, p_std: log-normal training noise levels.
+    Args: :class:`~i2vlab.methods.svd_i2v.SVDImageToVideo`'s (``fps_id``, ``motion_bucket_id``,
+    ``p_mean``, ``p_std``) and the pipeline's.
     """
 
     pipeline_class = InbetweenPipeline
     frozen_modules = ("vae", "image_encoder", "ref_unet")
 
-    def __init__(
-        self,
-        fps_id: float = 6,
-        motion_bucket_id: float = 127,
-        p_mean: float = 0.7,
-        p_std: float = 1.6,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.pop("text_encoder", None), kwargs.pop("tokenizer", None)
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
-        super().__init__(**kwargs)
-        self.fps_id, self.motion_bucket_id = float(fps_id), float(motion_bucket_id)
-
-    def build_objective(self) -> EDMObjective:
-        return EDMObjective(self.p_mean, self.p_std)
+    def __init__(self, cond_dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(cond_dropout=cond_dropout, **kwargs)
 
     def encode_latents(self, batch: Mapping[str, Any], generator: torch.Generator | None) -> torch.Tensor:
-        """The time-reversed clip's latents (b c f h w), float32 (float64 for a float64 video)."""
-        video = batch["video"].to(self.device)
-        video = video.to(work_dtype(video.dtype))
-        return self.encode_video(video, generator).to(video.dtype).flip(2)
-
-    def conditioning_noise(self, shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
-        """The noise augmenting both conditioning frames (one draw, as the official script); one method so
-        that a test can replay another implementation's draw."""
-        return torch.randn(shape, generator=generator, device=generator.device if generator else None)
+        """The **time-reversed** clip's latents (b c f h w): the target of the backward model."""
+        return super().encode_latents(batch, generator).flip(2)
 
     def prepare_conditions(
         self, batch: Mapping[str, Any], latents: torch.Tensor, generator: torch.Generator, train: bool = True
     ) -> dict[str, Any]:
+        """The last frame conditions the trainable UNet, the first the reference UNet; one
+        noise-augmentation draw for both (as the official script)."""
         video = batch["video"].to(self.device)
-        dt = work_dtype(video.dtype)
-        video = video.to(dt)
-        noise = self.conditioning_noise(video[:, 0].shape, generator).to(video.device)
-        cond_embeds, cond_latents = self.pipe.encode_condition(video[:, -1], noise)  # last original frame
-        ref_embeds, ref_latents = self.pipe.encode_condition(video[:, 0], noise)  # first original frame
-        time_ids = added_time_ids(
-            self.fps_id,
-            self.motion_bucket_id,
-            self.pipe.noise_aug_strength,
-            video.shape[0],
-            self.device,
-            dtype=dt,
-            unet=self.unet,
-        )
+        video = video.to(work_dtype(video.dtype))
+        noise = self.conditioning_noise(video[:, 0].shape, generator)
         return {
-            "cond": (cond_embeds, cond_latents),
-            "ref": (ref_embeds, ref_latents),
-            "time_ids": time_ids,
+            "cond": self.condition(video[:, -1], noise),  # last original frame
+            "ref": self.condition(video[:, 0], noise),  # first original frame
+            "time_ids": self.time_ids(video.shape[0], video.dtype),
         }
 
     def denoise(self, noisy: torch.Tensor, levels: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
@@ -112,6 +79,3 @@ class GenerativeInbetweening(VideoDiffusionModule):
             svd_unet_forward(self.ref_unet, x.flip(1), levels, *cond["ref"], cond["time_ids"])
         out = svd_unet_forward(self.unet, x, levels, *cond["cond"], cond["time_ids"])
         return rearrange(out, "b f c h w -> b c f h w")
-
-    def loss_logs(self, train: bool) -> dict[str, Any]:
-        return {}

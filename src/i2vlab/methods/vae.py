@@ -189,6 +189,17 @@ class VAETraining(VideoDiffusionModule):
         rec, _ = self.reconstruct(video.to(self.device))
         return torch.cat([video.float().clamp(-1, 1), rec.clamp(-1, 1)], dim=-1)
 
+    def init_from(self, path: str | Path) -> list[str]:
+        """As the core's; also takes a diffusers VAE file (``diffusion_pytorch_model.safetensors``, names
+        without the ``vae.`` prefix): e.g. a temporal-decoder VAE starting from an ``AutoencoderKL``'s
+        encoder (every tensor whose name and shape match is copied)."""
+        from i2vlab.training.state import load_matching, load_weights_file
+
+        tensors = load_weights_file(path)
+        if not any(k.startswith("vae.") for k in tensors):
+            tensors = {f"vae.{k}": v for k, v in tensors.items()}
+        return load_matching(self, tensors)
+
     # ------------------------------------------------------------------------------------------
     # export: the trainable tensors (as every method) and the whole VAE as a diffusers folder
     # ------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from .classes import (
 )
 from .distances import (
     frechet_distance,
+    frechet_distance_from_features,
     gaussian_stats,
     polynomial_mmd,
     polynomial_mmd_subsets,
@@ -35,6 +36,6 @@ __all__ = [
     "CLIPFirstFrameConsistency", "CLIPImageFrameSimilarity", "CLIPTemporalConsistency", "CLIPTextSimilarity",
     "DOVERScores", "EXTRACTORS", "FlowScore", "FrechetDistance", "FrechetInceptionDistanceFrames", "FrechetVideoDistance",
     "KernelDistance", "KernelVideoDistance", "MissingWeightsError", "PerVideoMean", "PerceptualInputConformity",
-    "VideoLPIPS", "VideoPSNR", "VideoSSIM", "WarpingError", "build_extractor", "frechet_distance",
+    "VideoLPIPS", "VideoPSNR", "VideoSSIM", "WarpingError", "build_extractor", "frechet_distance", "frechet_distance_from_features",
     "gaussian_stats", "polynomial_mmd", "polynomial_mmd_subsets", "stats_from_sums",
 ]  # fmt: skip

@@ -11,13 +11,23 @@ import torch
 from torchmetrics import Metric
 
 from . import functional as Fm
-from .distances import frechet_distance, polynomial_mmd, polynomial_mmd_subsets, stats_from_sums
+from .distances import (
+    frechet_distance,
+    frechet_distance_from_features,
+    polynomial_mmd,
+    polynomial_mmd_subsets,
+    stats_from_sums,
+)
 
 
 class FrechetDistance(Metric):
     """Streaming Fréchet distance between the real and generated feature Gaussians.
 
-    State: N, Σx and Σxxᵀ per set in float64 (memory constant in the number of videos).
+    State: N, Σx and Σxxᵀ per set in float64 (memory constant in the number of videos), plus the
+    feature rows themselves while a set has at most ``sample_space_max`` of them (default: the feature
+    dimension, so the buffer is no larger than Σxxᵀ). When both sets fit, ``compute`` works in sample
+    space (:func:`frechet_distance_from_features`: one n1 x n2 SVD, exact, much faster than the d x d
+    eigendecompositions when N < d); otherwise from the sums (:func:`frechet_distance`).
     ``ddof``: 0 = 1/N covariance (StyleGAN-V), 1 = 1/(N-1) (pytorch-fid, torchmetrics, VideoGPT).
     """
 
@@ -25,14 +35,22 @@ class FrechetDistance(Metric):
     higher_is_better = False
     is_differentiable = False
 
-    def __init__(self, num_features: int, extractor=None, ddof: int = 1, **kwargs):
+    def __init__(
+        self, num_features: int, extractor=None, ddof: int = 1, sample_space_max: int | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.extractor, self.ddof, self.num_features = extractor, int(ddof), int(num_features)
         d = self.num_features
+        self.sample_space_max = d if sample_space_max is None else int(sample_space_max)
         for s in ("real", "fake"):
             self.add_state(f"{s}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{s}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{s}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+            # per process: rows[:held] are its features; held = -1 once they no longer fit
+            self.add_state(
+                f"{s}_rows", torch.zeros(self.sample_space_max, d, dtype=torch.float64), dist_reduce_fx="cat"
+            )
+            self.add_state(f"{s}_held", torch.zeros(1, dtype=torch.float64), dist_reduce_fx="cat")
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.extractor is None:
@@ -50,6 +68,20 @@ class FrechetDistance(Metric):
         setattr(self, f"{s}_n", getattr(self, f"{s}_n") + f.shape[0])
         setattr(self, f"{s}_sum", getattr(self, f"{s}_sum") + f.sum(0))
         setattr(self, f"{s}_outer", getattr(self, f"{s}_outer") + f.T @ f)
+        held = int(getattr(self, f"{s}_held")[0])
+        if held >= 0 and held + f.shape[0] <= self.sample_space_max:
+            getattr(self, f"{s}_rows")[held : held + f.shape[0]] = f
+            getattr(self, f"{s}_held")[0] = held + f.shape[0]
+        else:
+            getattr(self, f"{s}_held")[0] = -1
+
+    def _rows(self, s: str) -> torch.Tensor | None:
+        """All processes' buffered rows of set ``s`` (after torchmetrics' sync), or None if any overflowed."""
+        held, rows = getattr(self, f"{s}_held").reshape(-1), getattr(self, f"{s}_rows")
+        if (held < 0).any():
+            return None
+        per = rows.reshape(held.numel(), -1, rows.shape[-1])
+        return torch.cat([r[: int(h)] for r, h in zip(per, held)])
 
     def compute(self) -> torch.Tensor:
         for s in ("real", "fake"):
@@ -57,6 +89,9 @@ class FrechetDistance(Metric):
                 raise ValueError(
                     f"{type(self).__name__}: need at least {self.ddof + 2} {s} samples, got {int(getattr(self, f'{s}_n'))}"
                 )
+        xr, xf = self._rows("real"), self._rows("fake")
+        if xr is not None and xf is not None:
+            return torch.tensor(frechet_distance_from_features(xr, xf, self.ddof), dtype=torch.float64)
         mu1, s1 = stats_from_sums(self.real_n, self.real_sum, self.real_outer, self.ddof)
         mu2, s2 = stats_from_sums(self.fake_n, self.fake_sum, self.fake_outer, self.ddof)
         return torch.tensor(frechet_distance(mu1, s1, mu2, s2), dtype=torch.float64)

@@ -55,6 +55,19 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
 
 
+def flow_score_pairs(video: torch.Tensor, pad_no_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame pairs (f_t, f_{t+1}) FlowScore measures: ``f c h w`` -> two ``f-1 c h w`` (replicate-padded
+    to a multiple of 8 with ``pad_no_crop``, see :func:`flow_magnitudes`)."""
+    if pad_no_crop:
+        video = pad_to_multiple(video.float(), 8)
+    return video[:-1], video[1:]
+
+
+def mean_flow_magnitude(flows: torch.Tensor) -> torch.Tensor:
+    """FlowScore terms from flows ``n 2 h w``: mean over pixels of ||flow||₂ -> ``n`` (float64)."""
+    return flows.double().norm(dim=1).flatten(1).mean(1).cpu()
+
+
 def flow_magnitudes(
     video: torch.Tensor, flow_fn, batch_pairs: int = 64, pad_no_crop: bool = False
 ) -> torch.Tensor:
@@ -65,15 +78,12 @@ def flow_magnitudes(
     (``InputPadder``) and the mean is taken over the padded flow field, as EvalCrafter's
     ``calculate_flow_score`` does (it never removes the padding). Off by default: the mean over the
     frame's own pixels."""
-    if pad_no_crop:
-        video = pad_to_multiple(video.float(), 8)
-    out = []
-    for s in range(0, video.shape[0] - 1, batch_pairs):
-        a, b = video[s : s + batch_pairs], video[s + 1 : s + 1 + batch_pairs]
-        a = a[: b.shape[0]]
-        fl = flow_fn(a, b).double()
-        out.append(fl.norm(dim=1).flatten(1).mean(1))
-    return torch.cat(out).cpu()
+    a, b = flow_score_pairs(video, pad_no_crop)
+    out = [
+        mean_flow_magnitude(flow_fn(a[s : s + batch_pairs], b[s : s + batch_pairs]))
+        for s in range(0, a.shape[0], batch_pairs)
+    ]
+    return torch.cat(out)
 
 
 def occlusion_mask(fw: torch.Tensor, bw_warped: torch.Tensor) -> torch.Tensor:
@@ -88,6 +98,36 @@ def occlusion_mask(fw: torch.Tensor, bw_warped: torch.Tensor) -> torch.Tensor:
     dy[..., :-1, :] = fw[..., 1:, :] - fw[..., :-1, :]
     boundary = (dx**2).sum(1) + (dy**2).sum(1) > 0.01 * (fw**2).sum(1) + 0.002
     return occ | boundary
+
+
+def warping_frames(video: torch.Tensor, downsample: float = 0.5, pad_no_crop: bool = False) -> torch.Tensor:
+    """The frames the warping error compares: ``f c h w`` in [-1, 1] -> [0, 1], downsampled by
+    ``downsample`` (bilinear) and, with ``pad_no_crop``, replicate-padded to a multiple of 8."""
+    x = (video.float().clamp(-1, 1) + 1) / 2
+    if downsample != 1:
+        x = F.interpolate(x, scale_factor=downsample, mode="bilinear", align_corners=False)
+    return pad_to_multiple(x, 8) if pad_no_crop else x
+
+
+def warping_net_input(x: torch.Tensor, double_rescale: bool = False) -> torch.Tensor:
+    """What the flow network sees of [0, 1] frames: [-1, 1], or EvalCrafter's 2 (x / 255) - 1."""
+    return x / 255.0 * 2 - 1 if double_rescale else x * 2 - 1
+
+
+def warping_errors_from_flows(
+    i1: torch.Tensor, i2: torch.Tensor, fw: torch.Tensor, bw: torch.Tensor
+) -> torch.Tensor:
+    """Warping error of pairs ``i1, i2`` (``n c h w`` in [0, 1]) from the forward (1 -> 2) and backward
+    flows ``n 2 h w``: Σ_{c,x} noc (W - I₁)² / Σ_x noc (or / numel when nothing is visible) -> ``n``."""
+    fw, bw = fw.to(i1.device).double(), bw.to(i1.device).double()
+    i1d, i2d = i1.double(), i2.double()
+    warped = warp(i2d, fw)
+    bw_w = warp(bw, fw)
+    noc = (~occlusion_mask(fw, bw_w)).double()[:, None]
+    num = (noc * (warped - i1d) ** 2).flatten(1).sum(1)
+    den = noc.flatten(1).sum(1)
+    den = torch.where(den > 0, den, torch.full_like(den, float(noc[0].numel())))
+    return (num / den).cpu()
 
 
 def warping_errors(
@@ -111,30 +151,14 @@ def warping_errors(
     - ``pad_no_crop``: the downsampled frames are replicate-padded to a multiple of 8 (``InputPadder``)
       and flows, warp, occlusion mask and error are all computed on the padded frames (EvalCrafter
       never crops the padding back)."""
-    x = (video.float().clamp(-1, 1) + 1) / 2
-    if downsample != 1:
-        x = F.interpolate(x, scale_factor=downsample, mode="bilinear", align_corners=False)
-    if pad_no_crop:
-        x = pad_to_multiple(x, 8)
-
-    def net_input(i):
-        return i / 255.0 * 2 - 1 if double_rescale else i * 2 - 1
-
+    x = warping_frames(video, downsample, pad_no_crop)
     out = []
     for s in range(0, x.shape[0] - 1, batch_pairs):
         i1, i2 = x[s : s + batch_pairs], x[s + 1 : s + 1 + batch_pairs]
         i1 = i1[: i2.shape[0]]
-        fw = flow_fn(net_input(i1), net_input(i2)).to(x.device).double()
-        bw = flow_fn(net_input(i2), net_input(i1)).to(x.device).double()
-        i1d, i2d = i1.double(), i2.double()
-        warped = warp(i2d, fw)
-        bw_w = warp(bw, fw)
-        noc = (~occlusion_mask(fw, bw_w)).double()[:, None]
-        num = (noc * (warped - i1d) ** 2).flatten(1).sum(1)
-        den = noc.flatten(1).sum(1)
-        den = torch.where(den > 0, den, torch.full_like(den, float(noc[0].numel())))
-        out.append(num / den)
-    return torch.cat(out).cpu()
+        n1, n2 = warping_net_input(i1, double_rescale), warping_net_input(i2, double_rescale)
+        out.append(warping_errors_from_flows(i1, i2, flow_fn(n1, n2), flow_fn(n2, n1)))
+    return torch.cat(out)
 
 
 def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ PIPELINES: dict[str, str] = {
     "I2VAdapter": "i2vlab.pipelines.i2v_adapter.I2VAdapterPipeline",
     "DynamiCrafter": "i2vlab.pipelines.dynamicrafter.DynamiCrafterPipeline",
     "GenerativeInbetweening": "i2vlab.pipelines.inbetween.InbetweenPipeline",
+    "SVDImageToVideo": "i2vlab.pipelines.svd.SVDPipeline",
 }
 
 

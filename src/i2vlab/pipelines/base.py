@@ -37,7 +37,7 @@ class VideoPipeline:
 
     def __init__(
         self,
-        unet: nn.Module,
+        unet: nn.Module | None = None,
         vae: nn.Module | None = None,
         text_encoder: nn.Module | None = None,
         tokenizer: Any = None,
@@ -83,7 +83,10 @@ class VideoPipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        for m in self.modules().values():
+            for p in m.parameters():
+                return p.device
+        return torch.device("cpu")
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoPipeline:
         for m in self.modules().values():

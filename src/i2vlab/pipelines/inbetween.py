@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from einops import rearrange
 
 from i2vlab.diffusion.edm import (
     denoised,
@@ -37,9 +36,8 @@ from i2vlab.diffusion.edm import (
     sampling_sigmas,
     work_dtype,
 )
-from i2vlab.models.svd import clip_image_embeds
-from i2vlab.pipelines.base import VideoPipeline
 from i2vlab.pipelines.inbetween_baselines import flow_interpolate, sample_trf, trf_step_schedule  # noqa: F401
+from i2vlab.pipelines.svd import SVDPipeline
 from i2vlab.pipelines.svd_common import (  # noqa: F401  (part of this module's interface)
     KeyframeCond,
     _check_keyframes,
@@ -123,26 +121,14 @@ def sample_inbetween(
     return module.decode_latents(z.transpose(1, 2))
 
 
-class InbetweenPipeline(VideoPipeline):
+class InbetweenPipeline(SVDPipeline):
     """Generative Inbetweening on SVD: the frozen forward UNet (``ref_unet``, a copy of the base UNet
     taken at construction) records its temporal self-attention maps; the fine-tuned ``unet`` uses
     them rotated 180° (:mod:`i2vlab.models.attention_control`). ``__call__`` interpolates two
     keyframes with ``method`` ``ours`` (:func:`sample_inbetween`), ``trf`` or ``flow``.
+    Arguments: :class:`~i2vlab.pipelines.svd.SVDPipeline`'s."""
 
-    Args (besides :class:`~i2vlab.pipelines.base.VideoPipeline`'s; no text encoder):
-        image_encoder: ``CLIPVisionModelWithProjection``; image_processor: ``CLIPImageProcessor``.
-        noise_scheduler: SVD's ``EulerDiscreteScheduler`` (the sampling σ schedule).
-        noise_aug_strength: noise added to the conditioning frames (SVD's micro-conditioning).
-    """
-
-    components: ClassVar[tuple[str, ...]] = (
-        "unet",
-        "ref_unet",
-        "vae",
-        "image_encoder",
-        "image_processor",
-        "noise_scheduler",
-    )
+    components: ClassVar[tuple[str, ...]] = (*SVDPipeline.components, "ref_unet")
     default_sampling: ClassVar[dict[str, Any]] = {"method": "ours"}
     keyframes: ClassVar[int] = 2
     samplers: ClassVar[dict[str, Callable]] = {
@@ -151,66 +137,19 @@ class InbetweenPipeline(VideoPipeline):
         "flow": flow_interpolate,
     }
 
-    def __init__(
-        self,
-        unet: Any,
-        vae: Any,
-        image_encoder: Any,
-        image_processor: Any,
-        noise_scheduler: Any,
-        noise_aug_strength: float = 0.02,
-        vae_chunk_size: int = 8,
-        sampling: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, unet: Any, *args: Any, **kwargs: Any) -> None:
         from i2vlab.models.attention_control import (
             AttentionStore,
             install_flip_processors,
             install_store_processors,
         )
 
-        super().__init__(
-            unet=unet,
-            vae=vae,
-            noise_scheduler=noise_scheduler,
-            vae_chunk_size=vae_chunk_size,
-            sampling=sampling,
-        )
-        self.image_encoder, self.image_processor = image_encoder, image_processor
-        self.noise_aug_strength = float(noise_aug_strength)
+        super().__init__(unet, *args, **kwargs)
         self.ref_unet = copy.deepcopy(unet)  # the forward model: the base UNet before any fine-tuning
         self.ref_unet.requires_grad_(False)
         self.attention_store = AttentionStore()
         self.controlled_layers = install_store_processors(self.ref_unet, self.attention_store)
         install_flip_processors(self.unet, self.attention_store, self.controlled_layers)
-
-    @torch.no_grad()
-    def encode_condition(
-        self, image: torch.Tensor, noise: torch.Tensor | None = None, noise_aug_strength: float | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SVD conditioning of frames (b c h w) in [-1, 1]: (CLIP embeds (b, 1, d) of the clean frame,
-        unscaled VAE mode (b, c, h', w') of the frame + ``noise_aug_strength``·``noise``). Computed
-        in float32, or float64 for a float64 ``image``."""
-        aug = self.noise_aug_strength if noise_aug_strength is None else float(noise_aug_strength)
-        dt = work_dtype(image.dtype)
-        image = image.to(dt)
-        embeds = clip_image_embeds(self.image_encoder, self.image_processor, image)
-        noisy = image + aug * noise.to(image.device, dt) if noise is not None else image
-        latents = self.vae.encode(noisy.to(self.vae.dtype)).latent_dist.mode().to(dt)
-        return embeds, latents
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (b c f h w) -> video (b f c h w) in [-1, 1]; the temporal decoder sees
-        ``vae_chunk_size`` frames of one video at a time."""
-        out = []
-        for z in latents:  # c f h w
-            frames = rearrange(z, "c f h w -> f c h w") / self.latent_scale
-            dec = [
-                self.vae.decode(c.to(self.vae.dtype), num_frames=c.shape[0]).sample.float()
-                for c in frames.split(self.vae_chunk_size)
-            ]
-            out.append(torch.cat(dec))
-        return torch.stack(out).clamp(-1, 1)
 
     @torch.no_grad()
     def __call__(

@@ -11,30 +11,66 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-EXTRACTORS: dict[str, Callable[..., Extractor]] = {}
+from i2vlab.errors import UserError
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """A learned extractor has no usable weights and random weights were not allowed."""
 
 
-def register_extractor(name: str):
-    def deco(fn):
-        EXTRACTORS[name] = fn
-        return fn
+@dataclass(frozen=True)
+class ExtractorEntry:
+    """How to build one registered extractor: its class and, for learned ones, where the weights come
+    from (``config_key`` to set, ``published`` location, ``what`` needs them; the last two may be
+    functions of the constructor's keyword arguments)."""
+
+    cls: type
+    config_key: str | None = None
+    published: str | Callable[[dict], str] | None = None
+    what: str | Callable[[dict], str] = ""
+
+
+EXTRACTORS: dict[str, ExtractorEntry] = {}
+
+
+def register_extractor(name: str, config_key: str | None = None, published=None, what: str = ""):
+    """Class decorator. ``config_key`` None: the extractor takes no weights (e.g. OpenCV flow)."""
+
+    def deco(cls):
+        EXTRACTORS[name] = ExtractorEntry(cls, config_key, published, what)
+        return cls
 
     return deco
 
 
-def build_extractor(name: str, **kwargs) -> Extractor:
-    """Build a registered extractor by name (``i3d``, ``inception``, ``clip``, ``dreamsim``, ...)."""
+def build_extractor(
+    name: str,
+    weights_path=None,
+    allow_random_weights: bool = False,
+    config_key: str | None = None,
+    **kwargs,
+) -> Extractor:
+    """Build a registered extractor by name (``i3d``, ``inception``, ``clip``, ``dreamsim``, ``raft``,
+    ``opencv_flow``, ``lpips``, ``dover``): the weights path is checked first (:func:`resolve_weights`),
+    then the class is constructed with the remaining keyword arguments."""
     if name not in EXTRACTORS:
         raise KeyError(f"unknown extractor {name!r}; registered: {sorted(EXTRACTORS)}")
-    return EXTRACTORS[name](**kwargs)
+    e = EXTRACTORS[name]
+    if e.config_key is None:
+        return e.cls(**kwargs)
+    w = resolve_weights(
+        weights_path,
+        config_key=config_key or e.config_key,
+        published=e.published(kwargs) if callable(e.published) else e.published,
+        allow_random_weights=allow_random_weights,
+        what=e.what(kwargs) if callable(e.what) else e.what,
+    )
+    return e.cls(w, **kwargs)
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -92,6 +128,9 @@ class Extractor(torch.nn.Module):
 
     name: str = "extractor"
     random_init_scheme: str = "default"
+    #: True when a call processes its items one by one (no batched kernels), so its outputs cannot
+    #: depend on the batch: the evaluator then does not pad its calls to a fixed size
+    batch_invariant: bool = False
 
     def __init__(self, weights: Path | None, seed: int = 0):
         super().__init__()

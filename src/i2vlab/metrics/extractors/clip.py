@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import Extractor, register_extractor, resolve_weights, seeded_init
+from .base import Extractor, register_extractor, seeded_init
 
 CLIP_PUBLISHED = "HF hub openai/clip-vit-base-patch32 (EvalCrafter, VBench) — a local from_pretrained folder"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,6 +52,12 @@ class ByteTokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
 
+@register_extractor(
+    "clip",
+    config_key="eval.extractors.clip.weights_path",
+    published=CLIP_PUBLISHED,
+    what="CLIP metrics need a local CLIP model folder",
+)
 class CLIPExtractor(Extractor):
     name = "clip"
 
@@ -175,22 +181,3 @@ class CLIPExtractor(Extractor):
         return self._as_tensor(self.model.get_text_features(**tok)).float()
 
     forward = embed_images
-
-
-@register_extractor("clip")
-def build_clip(
-    weights_path=None,
-    allow_random_weights: bool = False,
-    convention: str = "standard",
-    tiny: dict | None = None,
-    seed: int = 0,
-    config_key: str = "eval.extractors.clip.weights_path",
-) -> CLIPExtractor:
-    w = resolve_weights(
-        weights_path,
-        config_key=config_key,
-        published=CLIP_PUBLISHED,
-        allow_random_weights=allow_random_weights,
-        what="CLIP metrics need a local CLIP model folder",
-    )
-    return CLIPExtractor(w, convention=convention, tiny=tiny, seed=seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import Extractor, register_extractor, resolve_weights, seeded_init
+from .base import Extractor, register_extractor, seeded_init
 
 DREAMSIM_PUBLISHED = (
     "the dreamsim package's release zip https://github.com/ssundaram21/dreamsim/releases/download/"
@@ -25,6 +25,12 @@ DREAMSIM_PUBLISHED = (
 )
 
 
+@register_extractor(
+    "dreamsim",
+    config_key="eval.extractors.dreamsim.weights_path",
+    published=DREAMSIM_PUBLISHED,
+    what="PIC needs DreamSim checkpoints (a cache dir)",
+)
 class DreamSimExtractor(Extractor):
     name = "dreamsim"
 
@@ -87,22 +93,3 @@ class DreamSimExtractor(Extractor):
         return F.normalize(e.float(), dim=-1)
 
     forward = embed
-
-
-@register_extractor("dreamsim")
-def build_dreamsim(
-    weights_path=None,
-    allow_random_weights: bool = False,
-    dreamsim_type: str = "ensemble",
-    tiny: dict | None = None,
-    seed: int = 0,
-    config_key: str = "eval.extractors.dreamsim.weights_path",
-) -> DreamSimExtractor:
-    w = resolve_weights(
-        weights_path,
-        config_key=config_key,
-        published=DREAMSIM_PUBLISHED,
-        allow_random_weights=allow_random_weights,
-        what="PIC needs DreamSim checkpoints (a cache dir)",
-    )
-    return DreamSimExtractor(w, dreamsim_type=dreamsim_type, tiny=tiny, seed=seed)

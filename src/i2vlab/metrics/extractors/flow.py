@@ -16,14 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import (
-    Extractor,
-    load_state_dict_file,
-    register_extractor,
-    resolve_weights,
-    seeded_init,
-    strict_load,
-)
+from . import base
+from .base import Extractor, register_extractor
 
 RAFT_PUBLISHED = (
     "torchvision https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth "
@@ -39,8 +33,10 @@ def _to_gray_u8(x: torch.Tensor) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(u8), cv2.COLOR_RGB2GRAY)
 
 
+@register_extractor("opencv_flow")
 class OpenCVFlow(Extractor):
     name = "opencv_flow"
+    batch_invariant = True  # one OpenCV call per pair: no batch to pad
 
     def __init__(self, method: str = "dis"):
         super().__init__(weights=None)
@@ -131,6 +127,12 @@ def convert_princeton_raft(sd: dict) -> dict:
     return out
 
 
+@register_extractor(
+    "raft",
+    config_key="eval.extractors.flow.weights_path",
+    published=RAFT_PUBLISHED,
+    what="RAFT flow needs weights (or use flow.name=opencv_flow)",
+)
 class RAFTFlow(Extractor):
     name = "raft"
 
@@ -142,14 +144,14 @@ class RAFTFlow(Extractor):
         if variant not in builders:
             raise ValueError(f"raft variant must be one of {sorted(builders)}, got {variant!r}")
         self.variant, self.num_flow_updates = variant, int(num_flow_updates)
-        with seeded_init(seed):
+        with base.seeded_init(seed):
             self.net = builders[variant](weights=None, progress=False).eval()
         self.weights_format = "torchvision"
         if weights is not None:
-            sd = load_state_dict_file(weights)
+            sd = base.load_state_dict_file(weights)
             if is_princeton_raft(sd):
                 sd, self.weights_format = convert_princeton_raft(sd), "princeton-vl (converted)"
-            strict_load(self.net, sd, f"RAFT ({variant})")
+            base.strict_load(self.net, sd, f"RAFT ({variant})")
         self.requires_grad_(False)
 
     def settings(self) -> dict:
@@ -171,27 +173,3 @@ class RAFTFlow(Extractor):
         b = F.pad(b.float().to(dev), pad, mode="replicate")
         flow = self.net(a.clamp(-1, 1), b.clamp(-1, 1), num_flow_updates=self.num_flow_updates)[-1]
         return flow[..., pad[2] : pad[2] + h, pad[0] : pad[0] + w].float()
-
-
-@register_extractor("opencv_flow")
-def build_opencv_flow(method: str = "dis", **_) -> OpenCVFlow:
-    return OpenCVFlow(method)
-
-
-@register_extractor("raft")
-def build_raft(
-    weights_path=None,
-    allow_random_weights: bool = False,
-    variant: str = "raft_large",
-    num_flow_updates: int = 20,
-    seed: int = 0,
-    config_key: str = "eval.extractors.flow.weights_path",
-) -> RAFTFlow:
-    w = resolve_weights(
-        weights_path,
-        config_key=config_key,
-        published=RAFT_PUBLISHED,
-        allow_random_weights=allow_random_weights,
-        what="RAFT flow needs weights (or use flow.name=opencv_flow)",
-    )
-    return RAFTFlow(w, variant=variant, num_flow_updates=num_flow_updates, seed=seed)

@@ -25,16 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import (
-    Extractor,
-    he_init_,
-    is_torchscript,
-    load_state_dict_file,
-    register_extractor,
-    resolve_weights,
-    seeded_init,
-    strict_load,
-)
+from . import base
+from .base import Extractor, register_extractor
 
 I3D_PUBLISHED = (
     "StyleGAN-V TorchScript detector https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt, or "
@@ -223,6 +215,12 @@ def resize_frames(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> to
     raise ValueError(f"unknown resize mode {mode!r} (squash | tf1_squash | short_side_crop)")
 
 
+@register_extractor(
+    "i3d",
+    config_key="eval.extractors.i3d.weights_path",
+    published=I3D_PUBLISHED,
+    what="FVD/KVD need I3D Kinetics-400 weights",
+)
 class I3DExtractor(Extractor):
     """Videos ``b f c h w`` in [-1, 1] -> I3D logits ``b 400`` (float32; the network's dtype if it
     was cast, e.g. ``.double()`` for float64 checks)."""
@@ -241,16 +239,16 @@ class I3DExtractor(Extractor):
     ):
         super().__init__(weights, seed)
         self.input_size, self.resize_mode, self.width = int(input_size), resize_mode, float(width)
-        self.torchscript = weights is not None and is_torchscript(weights)
+        self.torchscript = weights is not None and base.is_torchscript(weights)
         self.bn_eps = None if self.torchscript else resolve_bn_eps(bn_eps)
         if self.torchscript:
             self.net = torch.jit.load(str(weights), map_location="cpu").eval()
         else:
-            with seeded_init(seed):
+            with base.seeded_init(seed):
                 self.net = InceptionI3d(400, width=width, bn_eps=self.bn_eps).eval()
-                he_init_(self.net)
+                base.he_init_(self.net)
             if weights is not None:
-                strict_load(self.net, load_state_dict_file(weights), "I3D")
+                base.strict_load(self.net, base.load_state_dict_file(weights), "I3D")
         self.requires_grad_(False)
 
     def settings(self) -> dict:
@@ -278,26 +276,3 @@ class I3DExtractor(Extractor):
         x = x.view(b, f, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4) / 127.5 - 1.0
         out = self.net(x.contiguous())
         return out if dt == torch.float64 else out.float()
-
-
-@register_extractor("i3d")
-def build_i3d(
-    weights_path=None,
-    allow_random_weights: bool = False,
-    input_size: int = 224,
-    resize_mode: str = "squash",
-    width: float = 1.0,
-    seed: int = 0,
-    bn_eps: float | str = "auto",
-    config_key: str = "eval.extractors.i3d.weights_path",
-) -> I3DExtractor:
-    w = resolve_weights(
-        weights_path,
-        config_key=config_key,
-        published=I3D_PUBLISHED,
-        allow_random_weights=allow_random_weights,
-        what="FVD/KVD need I3D Kinetics-400 weights",
-    )
-    return I3DExtractor(
-        w, input_size=input_size, resize_mode=resize_mode, width=width, seed=seed, bn_eps=bn_eps
-    )

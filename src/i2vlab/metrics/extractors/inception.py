@@ -19,16 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import inception as tvi
 
-from .base import (
-    Extractor,
-    he_init_,
-    is_torchscript,
-    load_state_dict_file,
-    register_extractor,
-    resolve_weights,
-    seeded_init,
-    strict_load,
-)
+from . import base
+from .base import Extractor, register_extractor
 from .i3d import resize_frames
 
 INCEPTION_PUBLISHED = (
@@ -101,6 +93,12 @@ _POOL3_BLOCKS = (
 )  # fmt: skip
 
 
+@register_extractor(
+    "inception",
+    config_key="eval.extractors.inception.weights_path",
+    published=INCEPTION_PUBLISHED,
+    what="FID needs InceptionV3 (TF 2015-12-05) weights",
+)
 class InceptionExtractor(Extractor):
     """Images ``n c h w`` in [-1, 1] -> pool3 features ``n 2048`` (float32; float64 if the network was
     cast with ``.double()``)."""
@@ -111,15 +109,15 @@ class InceptionExtractor(Extractor):
     def __init__(self, weights, input_size: int = 299, resize_mode: str = "tf1_squash", seed: int = 0):
         super().__init__(weights, seed)
         self.input_size, self.resize_mode = int(input_size), resize_mode
-        self.torchscript = weights is not None and is_torchscript(weights)
+        self.torchscript = weights is not None and base.is_torchscript(weights)
         if self.torchscript:
             self.net = torch.jit.load(str(weights), map_location="cpu").eval()
         else:
-            with seeded_init(seed):
+            with base.seeded_init(seed):
                 self.net = fid_inception_v3().eval()
-                he_init_(self.net)
+                base.he_init_(self.net)
             if weights is not None:
-                strict_load(self.net, load_state_dict_file(weights), "InceptionV3 (FID)")
+                base.strict_load(self.net, base.load_state_dict_file(weights), "InceptionV3 (FID)")
         self.requires_grad_(False)
 
     def settings(self) -> dict:
@@ -144,22 +142,3 @@ class InceptionExtractor(Extractor):
         for name in _POOL3_BLOCKS:
             x = getattr(self.net, name)(x)
         return x.flatten(1) if dt == torch.float64 else x.flatten(1).float()
-
-
-@register_extractor("inception")
-def build_inception(
-    weights_path=None,
-    allow_random_weights: bool = False,
-    input_size: int = 299,
-    resize_mode: str = "tf1_squash",
-    seed: int = 0,
-    config_key: str = "eval.extractors.inception.weights_path",
-) -> InceptionExtractor:
-    w = resolve_weights(
-        weights_path,
-        config_key=config_key,
-        published=INCEPTION_PUBLISHED,
-        allow_random_weights=allow_random_weights,
-        what="FID needs InceptionV3 (TF 2015-12-05) weights",
-    )
-    return InceptionExtractor(w, input_size=input_size, resize_mode=resize_mode, seed=seed)

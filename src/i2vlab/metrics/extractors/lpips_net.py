@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from .base import Extractor, load_state_dict_file, register_extractor, resolve_weights, seeded_init
+from .base import Extractor, load_state_dict_file, register_extractor, seeded_init
 
 LPIPS_PUBLISHED = {
     "alex": "torchvision https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -19,6 +19,12 @@ LPIPS_PUBLISHED = {
 }
 
 
+@register_extractor(
+    "lpips",
+    config_key="eval.extractors.lpips.weights_path",
+    published=lambda kw: LPIPS_PUBLISHED.get(kw.get("net", "alex"), kw.get("net")),
+    what=lambda kw: f"LPIPS needs the {kw.get('net', 'alex')} backbone weights",
+)
 class LPIPSExtractor(Extractor):
     name = "lpips"
 
@@ -53,21 +59,3 @@ class LPIPSExtractor(Extractor):
         """``n c h w`` pairs in [-1, 1] -> ``n`` distances."""
         dev = self.device
         return self.model(a.float().to(dev), b.float().to(dev)).flatten().float()
-
-
-@register_extractor("lpips")
-def build_lpips(
-    weights_path=None,
-    allow_random_weights: bool = False,
-    net: str = "alex",
-    seed: int = 0,
-    config_key: str = "eval.extractors.lpips.weights_path",
-) -> LPIPSExtractor:
-    w = resolve_weights(
-        weights_path,
-        config_key=config_key,
-        published=LPIPS_PUBLISHED.get(net, net),
-        allow_random_weights=allow_random_weights,
-        what=f"LPIPS needs the {net} backbone weights",
-    )
-    return LPIPSExtractor(w, net=net, seed=seed)
