@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from eval_helpers import FakeGenerator, eval_cfg, moving_video, write_set
 
 import i2vlab.evaluation.generate as G
