@@ -77,6 +77,8 @@ class Evaluator:
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         c = self.cfg
+        for m in self.metrics.values():  # a second run() starts from empty states
+            m.reset()
         out_dir = Path(c["output_dir"])
         out_dir.mkdir(parents=True, exist_ok=True)
         if c["generate"]["checkpoint"]:

@@ -153,32 +153,30 @@ class Feature:
         raise NotImplementedError
 
 
-class I3DFeature(Feature):
+class _SetFeature(Feature):
+    """A feature both sets get (FVD/KVD/FID): one network output per video (``frames=False``) or per frame."""
+
+    roles = ("generated", "real")
+    output, frames = "", False
+
+    def networks(self):
+        return {self.output: self.extractor}
+
+    def rows(self, s):
+        return {self.output: (s["video"] if self.frames else s["video"][None],)}
+
+    def finish(self, s, out):
+        return {self.output: out[self.output] if self.frames else out[self.output][0]}
+
+
+class I3DFeature(_SetFeature):
     name = extractor_key = "i3d"
-    roles = ("generated", "real")
-
-    def networks(self):
-        return {"logits": self.extractor}
-
-    def rows(self, s):
-        return {"logits": (s["video"][None],)}
-
-    def finish(self, s, out):
-        return {"logits": out["logits"][0]}
+    output = "logits"  # 400-d, one per video
 
 
-class InceptionFeature(Feature):
+class InceptionFeature(_SetFeature):
     name = extractor_key = "inception"
-    roles = ("generated", "real")
-
-    def networks(self):
-        return {"pool3": self.extractor}
-
-    def rows(self, s):
-        return {"pool3": (s["video"],)}
-
-    def finish(self, s, out):
-        return {"pool3": out["pool3"]}
+    output, frames = "pool3", True  # 2048-d, one per frame
 
 
 class DreamSimFeature(Feature):

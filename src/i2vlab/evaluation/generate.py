@@ -20,7 +20,7 @@ from i2vlab.errors import UserError
 from i2vlab.utils.safe_load import safe_child
 from i2vlab.utils.seeding import derive_seed
 
-from .inputs import EvalInputError, EvalInputNotFoundError, read_manifest
+from .inputs import EvalInputError, EvalInputNotFoundError, read_manifest, read_rows
 
 
 class GenerationMismatchError(UserError, RuntimeError):
@@ -41,18 +41,14 @@ def load_prompt_list(path: str) -> list[dict]:
     or ``.csv`` / ``.jsonl`` (columns ``key``, ``prompt``, ``image``, ``real``; relative image paths are
     resolved against the list's folder)."""
     p = Path(path)
-    if not p.is_file():
-        raise EvalInputNotFoundError(f"eval.generate.prompts={path!r} does not exist")
     if p.suffix.lower() == ".txt":
+        if not p.is_file():
+            raise EvalInputNotFoundError(f"eval.generate.prompts={path!r} does not exist")
         lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
         return [
             {"key": f"sample_{i:05d}", "prompt": t, "image": None, "real": None} for i, t in enumerate(lines)
         ]
-    if p.suffix.lower() in (".jsonl", ".json"):
-        rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-    else:
-        with open(p, newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = read_rows(p, "eval.generate.prompts")
     out = []
     for i, r in enumerate(rows):
         img = r.get("image") or None

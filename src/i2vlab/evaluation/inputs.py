@@ -138,19 +138,23 @@ def collect_videos(spec: str | os.PathLike | list | None) -> tuple[list[VideoRef
     return sorted(refs, key=lambda r: r.key), captions
 
 
+def read_rows(path: str | os.PathLike, what: str) -> list[dict]:
+    """The rows of a CSV (header row) or JSON-lines file (``.jsonl`` / ``.json``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputNotFoundError(f"{what} {path} does not exist")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict]:
     """CSV (header row) or JSONL with columns ``generated`` (required), ``real``, ``image``, ``prompt``,
     ``key``. Relative paths are resolved against the manifest's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise EvalInputNotFoundError(f"manifest {path} does not exist")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
     out = []
-    for i, r in enumerate(rows):
+    for i, r in enumerate(read_rows(path, "manifest")):
         if not r.get("generated"):
             raise EvalInputError(f"{path}: row {i} has no 'generated' column/value")
         row = {k: (v if v not in ("", None) else None) for k, v in r.items()}
@@ -240,11 +244,8 @@ def read_prompts(path: str) -> dict[str, str]:
         raise EvalInputNotFoundError(f"eval.prompts={path!r} does not exist")
     if p.suffix.lower() == ".json":
         return {str(k): str(v) for k, v in json.loads(p.read_text()).items()}
-    if p.suffix.lower() == ".jsonl":
-        return {r["key"]: r["prompt"] for r in map(json.loads, filter(str.strip, p.read_text().splitlines()))}
-    if p.suffix.lower() == ".csv":
-        with open(p, newline="") as f:
-            return {r["key"]: r["prompt"] for r in csv.DictReader(f)}
+    if p.suffix.lower() in (".jsonl", ".csv"):
+        return {r["key"]: r["prompt"] for r in read_rows(p, "eval.prompts")}
     out = {}
     for line in p.read_text().splitlines():
         if "\t" in line:

@@ -218,6 +218,17 @@ def strict_load(module: torch.nn.Module, sd: dict, what: str) -> None:
         )
 
 
+def init_network(factory, weights: Path | None, seed: int, what: str) -> torch.nn.Module:
+    """``factory()`` in eval mode with seeded He-normal weights (:func:`he_init_`), then the state dict at
+    ``weights`` loaded strictly when given (I3D, Inception)."""
+    with seeded_init(seed):
+        net = factory().eval()
+        he_init_(net)
+    if weights is not None:
+        strict_load(net, load_state_dict_file(weights), what)
+    return net
+
+
 def he_init_(module: torch.nn.Module) -> None:
     """He-normal (fan_in, ReLU) init of every conv / linear weight, zero biases. Used for random-init
     smoke networks so activations keep their scale through deep stacks with identity (eval-mode)

@@ -244,11 +244,9 @@ class I3DExtractor(Extractor):
         if self.torchscript:
             self.net = torch.jit.load(str(weights), map_location="cpu").eval()
         else:
-            with base.seeded_init(seed):
-                self.net = InceptionI3d(400, width=width, bn_eps=self.bn_eps).eval()
-                base.he_init_(self.net)
-            if weights is not None:
-                base.strict_load(self.net, base.load_state_dict_file(weights), "I3D")
+            self.net = base.init_network(
+                lambda: InceptionI3d(400, width=width, bn_eps=self.bn_eps), weights, seed, "I3D"
+            )
         self.requires_grad_(False)
 
     def settings(self) -> dict:

@@ -113,11 +113,7 @@ class InceptionExtractor(Extractor):
         if self.torchscript:
             self.net = torch.jit.load(str(weights), map_location="cpu").eval()
         else:
-            with base.seeded_init(seed):
-                self.net = fid_inception_v3().eval()
-                base.he_init_(self.net)
-            if weights is not None:
-                base.strict_load(self.net, base.load_state_dict_file(weights), "InceptionV3 (FID)")
+            self.net = base.init_network(fid_inception_v3, weights, seed, "InceptionV3 (FID)")
         self.requires_grad_(False)
 
     def settings(self) -> dict:
