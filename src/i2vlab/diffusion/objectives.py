@@ -20,9 +20,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from i2vlab.diffusion import edm
 from i2vlab.diffusion.schedules import stratified_timesteps, training_target
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MSE per sample over (c, f, h, w) of (b c f h w) tensors; ``mask`` (b, f) weights frames. (b,)."""
+    err = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 3, 4))  # (b, f)
+    if mask is None:
+        return err.mean(dim=1)
+    mask = mask.to(err.dtype)
+    return (err * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
 
 
 class DDPMObjective:

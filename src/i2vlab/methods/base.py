@@ -26,18 +26,17 @@ Tensor layouts: ``video`` b f c h w in [-1, 1]; ``latents`` b c f h w.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from i2vlab.diffusion.objectives import DDPMObjective
+from i2vlab.diffusion.objectives import DDPMObjective, masked_mse
 from i2vlab.pipelines.base import VideoPipeline
+from i2vlab.training.guards import skip_or_stop_nonfinite
 from i2vlab.training.optim import build_optimizer
 from i2vlab.training.state import (
     export_trainable,
@@ -49,8 +48,6 @@ from i2vlab.training.state import (
 from i2vlab.utils.config import to_plain
 from i2vlab.utils.params import parameter_report, select_trainable
 from i2vlab.utils.seeding import generator
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -301,20 +298,11 @@ class VideoDiffusionModule(pl.LightningModule):
         pred = self.objective.denoise(self.denoise, noisy, levels, cond=cond)
         target = self.objective.target(clean, noise, levels)
         dt = torch.promote_types(pred.dtype, torch.float32)  # float32 (float64 stays float64)
-        loss = self.masked_mse(pred.to(dt), target.to(dt), self.loss_mask(latents, cond))
+        loss = masked_mse(pred.to(dt), target.to(dt), self.loss_mask(latents, cond))
         weight = self.objective.weight(levels)
         if weight is not None:
             loss = weight.to(loss.device, dt) * loss
         return loss, self.loss_logs(train)
-
-    @staticmethod
-    def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """MSE per sample over (c, f, h, w); ``mask`` (b, f) weights frames. Returns (b,)."""
-        err = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 3, 4))  # (b, f)
-        if mask is None:
-            return err.mean(dim=1)
-        mask = mask.to(err.dtype)
-        return (err * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
 
     # ------------------------------------------------------------------------------------------
     # Lightning loop
@@ -327,38 +315,12 @@ class VideoDiffusionModule(pl.LightningModule):
         loss = loss.mean()
         b = batch["video"].shape[0]
         if self.nonfinite_loss != "off" and not bool(torch.isfinite(loss)):
-            return self._nonfinite_step(loss, batch)
+            return skip_or_stop_nonfinite(self, loss, batch)
         self._nonfinite_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for k, v in logs.items():
             self.log(f"train/{k}", v, batch_size=b)
         return loss
-
-    def _nonfinite_step(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
-        self._nonfinite_in_a_row += 1
-        keys = list(batch.get("key", []))[:8]
-        msg = (
-            f"non-finite training loss ({float(loss.detach())}) at step {self.global_step}, batch keys {keys}"
-        )
-        distributed = self._trainer is not None and self.trainer.world_size > 1
-        if (
-            self.nonfinite_loss == "stop"
-            or distributed
-            or self._nonfinite_in_a_row > self.max_nonfinite_steps
-        ):
-            why = (
-                "method.nonfinite_loss=stop"
-                if self.nonfinite_loss == "stop"
-                else "skipping is single-process only"
-                if distributed
-                else f"{self._nonfinite_in_a_row} in a row > method.max_nonfinite_steps"
-            )
-            raise FloatingPointError(
-                f"{msg} ({why}). Lower optimizer.lr, keep trainer.gradient_clip_val, check these videos, "
-                "or try trainer.precision=32-true / bf16-mixed instead of 16-mixed."
-            )
-        log.warning("%s: step skipped (no optimizer step)", msg)
-        return None
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # EMA right after each real optimizer step: before the checkpoint callbacks of the same step run
