@@ -349,3 +349,24 @@ def test_training_loss_sees_dynamically_rescaled_x0(tmp_path):
     torch.testing.assert_close(loss, target.pow(2).mean(dim=(1, 2, 3, 4)))  # zero prediction: |v|^2
     unscaled = training_target(sched, latents, noise, levels).pow(2).mean(dim=(1, 2, 3, 4))
     assert not torch.allclose(loss, unscaled)  # the target side sees the rescale too
+
+
+def test_dual_cross_attention_honours_an_attention_mask_over_the_context(tmp_path):
+    """A boolean mask over [text ; image] tokens: masked text tokens are as if absent (the processor used
+    to drop the mask)."""
+    from diffusers.models.attention_processor import Attention
+
+    from i2vlab.models.dynamicrafter.attention import DualCrossAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8)
+    proc = DualCrossAttnProcessor(16, 8, text_context_len=4)
+    x, text, image = torch.randn(2, 5, 16), torch.randn(2, 4, 8), torch.randn(2, 3, 8)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[:, 2:4] = False  # hide the last two text tokens
+    got = proc(attn, x, torch.cat([text, image], 1), attention_mask=mask)
+    short = DualCrossAttnProcessor(16, 8, text_context_len=2)
+    short.load_state_dict(proc.state_dict())
+    expected = short(attn, x, torch.cat([text[:, :2], image], 1))
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, proc(attn, x, torch.cat([text, image], 1)))

@@ -32,8 +32,9 @@ from i2vlab.methods.dynamicrafter import DynamiCrafter
 from i2vlab.models.dynamicrafter import DynamiCrafterUNet3DModel, Resampler
 from i2vlab.models.dynamicrafter import schedule as lvdm
 from i2vlab.models.dynamicrafter.convert import convert_resampler_state_dict, convert_unet_state_dict
-from i2vlab.models.dynamicrafter.resampler import CLIP_MEAN, CLIP_STD, clip_preprocess
+from i2vlab.models.dynamicrafter.resampler import clip_preprocess
 from i2vlab.pipelines import dynamicrafter as pipe
+from i2vlab.utils.clip import CLIP_MEAN, CLIP_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = "dynamicrafter"

@@ -39,12 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2vlab.models.loading import WeightsNotFoundError, check_weights, on_meta, to_plain
+from i2vlab.utils.clip import clip_normalize
 
 IP_ADAPTER_PUBLISHED = (
     "https://huggingface.co/h94/IP-Adapter (models/ip-adapter-plus_sd15.safetensors, models/image_encoder)"
 )
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def read_ip_adapter_file(path: str | Path, trust: bool = False) -> dict[str, dict[str, torch.Tensor]]:
@@ -197,9 +196,7 @@ def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     top, left = (nh - size) // 2, (nw - size) // 2
     x = x[..., top : top + size, left : left + size]
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return clip_normalize(x)
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 from i2vlab.models.animatediff_norm import FrameCount, frame_count
@@ -91,70 +92,59 @@ class FirstFrameAttnProcessor(nn.Module):
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
+        """diffusers' ``AttnProcessor2_0`` (the frozen self-attention, residual and rescale included)
+        plus the first-frame branch ``W_O' A' + b_O'`` on the same normalised tokens. (The output
+        dropout ``to_out[1]`` is applied to each branch; SD's is p = 0.)"""
         if encoder_hidden_states is not None:
             raise ValueError("FirstFrameAttnProcessor is for self-attention (attn1) only")
         f = self.frames.num_frames
         if f is None:
             raise RuntimeError("number of frames unknown: install the processor with install_i2v_adapter()")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, n, _ = hidden_states.shape
+        base = _PLAIN(attn, hidden_states, None, attention_mask, temb)
+        x = hidden_states if attn.spatial_norm is None else attn.spatial_norm(hidden_states, temb)
+        shape4 = x.shape if x.ndim == 4 else None
+        if shape4 is not None:
+            x = x.view(shape4[0], shape4[1], -1).transpose(1, 2)
+        batch_size, n, _ = x.shape
         if batch_size % f:
             raise ValueError(f"batch of {batch_size} token sets is not a multiple of num_frames={f}")
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, n, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
         if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        out1 = self.first_frame_attention(attn, x, f, attention_mask)
+        out1 = attn.to_out[1](self.to_out_ff(out1))
+        if shape4 is not None:
+            out1 = out1.transpose(-1, -2).reshape(shape4)
+        return base + out1 / attn.rescale_output_factor
 
-        # frozen self-attention branch: the same operations, in the same order, as AttnProcessor2_0
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
+    def first_frame_attention(
+        self, attn: nn.Module, x: torch.Tensor, f: int, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``A' = softmax(Q' K1^T / sqrt(d)) V1``: every frame's new queries (``to_q_ff``) attend to
+        frame 0's frozen keys and values. ``x``: normalised tokens ((b f) n c). Returns (b f) n inner."""
+        batch_size, n, _ = x.shape
+        b, h = batch_size // f, attn.heads
+        x0 = x.view(b, f, n, -1)[:, 0]  # frame 0's tokens
+        k1, v1 = attn.to_k(x0), attn.to_v(x0)
+        d = k1.shape[-1] // h
+        k1, v1 = (t.view(b, n, h, d).transpose(1, 2) for t in (k1, v1))  # b h n d
         if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-
-        # first-frame branch: every frame's new queries attend to frame 0's (frozen) keys and values.
-        b = batch_size // f
-        k1 = key.view(b, f, attn.heads, n, head_dim)[:, 0]  # b h n d
-        v1 = value.view(b, f, attn.heads, n, head_dim)[:, 0]
-        q1 = self.to_q_ff(hidden_states)
+            k1 = attn.norm_k(k1)
+        q1 = self.to_q_ff(x)
         if attention_mask is None:
             # the queries of a clip's f frames are stacked along the sequence axis: no key is repeated
-            q1 = q1.view(b, f * n, attn.heads, head_dim).transpose(1, 2)  # b h (f n) d
+            q1 = q1.view(b, f * n, h, d).transpose(1, 2)  # b h (f n) d
             out1 = F.scaled_dot_product_attention(q1, k1, v1, dropout_p=0.0, is_causal=False)
         else:  # each frame keeps its own mask (as the official code does): repeat frame 0's keys
-            q1 = q1.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            k1 = k1.repeat_interleave(f, dim=0)
-            v1 = v1.repeat_interleave(f, dim=0)
-            out1 = F.scaled_dot_product_attention(
-                q1, k1, v1, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-            )
-        out1 = out1.transpose(1, 2).reshape(batch_size, n, attn.heads * head_dim).to(query.dtype)
+            mask = attn.prepare_attention_mask(attention_mask, n, batch_size)
+            mask = mask.view(batch_size, h, -1, mask.shape[-1])
+            q1 = q1.view(batch_size, -1, h, d).transpose(1, 2)
+            k1, v1 = k1.repeat_interleave(f, dim=0), v1.repeat_interleave(f, dim=0)
+            out1 = F.scaled_dot_product_attention(q1, k1, v1, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return out1.transpose(1, 2).reshape(batch_size, n, h * d).to(x.dtype)
 
-        hidden_states = attn.to_out[0](out) + self.to_out_ff(out1)
-        hidden_states = attn.to_out[1](hidden_states)  # dropout
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+
+#: the stateless diffusers processor of the frozen branch (one for all layers: it keeps no state)
+_PLAIN = AttnProcessor2_0()
 
 
 def spatial_self_attention_names(unet: nn.Module) -> list[str]:

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from i2vlab.utils.clip import CLIP_MEAN, CLIP_STD
+
 from .base import Extractor, register_extractor, seeded_init
 
 CLIP_PUBLISHED = "HF hub openai/clip-vit-base-patch32 (EvalCrafter, VBench) — a local from_pretrained folder"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ByteTokenizer:

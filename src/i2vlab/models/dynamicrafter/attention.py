@@ -86,19 +86,29 @@ class DualCrossAttnProcessor(nn.Module):
         **kwargs,
     ):
         if encoder_hidden_states is None:  # used as self-attention: nothing to add
-            return AttnProcessor2_0()(attn, hidden_states, None, attention_mask, temb)
+            return _PLAIN(attn, hidden_states, None, attention_mask, temb)
         residual = hidden_states
         q = attn.to_q(hidden_states)
         text = encoder_hidden_states[:, : self.text_context_len]
         image = encoder_hidden_states[:, self.text_context_len :]
-        out = self._attend(attn, q, attn.to_k(text), attn.to_v(text))
+        mask_txt = mask_img = None
+        if attention_mask is not None:  # a mask over the whole context: each branch gets its columns
+            b = hidden_states.shape[0]
+            mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], b)
+            mask = mask.view(b, attn.heads, -1, mask.shape[-1])
+            mask_txt, mask_img = mask[..., : self.text_context_len], mask[..., self.text_context_len :]
+        out = self._attend(attn, q, attn.to_k(text), attn.to_v(text), mask_txt)
         if image.shape[1] > 0:
-            out_ip = self._attend(attn, q, self.to_k_ip(image), self.to_v_ip(image))
+            out_ip = self._attend(attn, q, self.to_k_ip(image), self.to_v_ip(image), mask_img)
             out = out + self.scale * self.gate().to(out.dtype) * out_ip
         out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+#: the stateless diffusers processor for self-attention use (one for all layers: it keeps no state)
+_PLAIN = AttnProcessor2_0()
 
 
 def install_dual_cross_attention(

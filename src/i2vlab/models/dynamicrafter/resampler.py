@@ -19,8 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from diffusers.models.modeling_utils import ModelMixin
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from i2vlab.utils.clip import clip_normalize
 
 
 class Resampler(IPAdapterPlusImageProjection, ModelMixin, ConfigMixin):
@@ -98,6 +97,4 @@ def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     x = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
     x = lvdm_resize(x, (size, size))
     x = (x + 1.0) / 2.0
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).to(x.device, x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).to(x.device, x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return clip_normalize(x)
