@@ -92,10 +92,13 @@ def test_toy_training_then_keyframe_sampling_with_all_three_methods(tmp_path):
             assert np.abs(video[0].astype(int) - frames[0]).mean() < 12
             assert np.abs(video[-1].astype(int) - frames[1]).mean() < 12
 
-    # resume from the checkpoint (frozen random-init weights, reference UNet included) to a new max_steps.
-    # The CSV logger is off here: i2vlab.training.loggers.ResumableCSVLogger fails on this resume (reported).
-    res = _train(run, "ckpt_path=last", "trainer.max_steps=6", "logger.csv=null", "callbacks.lr_monitor=null")
+    # resume from the checkpoint (frozen random-init weights, reference UNet included) to a new max_steps;
+    # the CSV history continues: the 4 earlier steps kept, 2 new ones, no step twice
+    res = _train(run, "ckpt_path=last", "trainer.max_steps=6")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = list(csv.DictReader(open(next((run / "csv").rglob("metrics.csv")))))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == sorted(set(steps)) and len(steps) == 6, steps
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
     assert any(k.startswith("ref_unet.") for k in ckpt["state_dict"])
