@@ -23,11 +23,13 @@ from .distances import (
 class FrechetDistance(Metric):
     """Streaming Fréchet distance between the real and generated feature Gaussians.
 
-    State: N, Σx and Σxxᵀ per set in float64 (memory constant in the number of videos), plus the
-    feature rows themselves while a set has at most ``sample_space_max`` of them (default: the feature
-    dimension, so the buffer is no larger than Σxxᵀ). When both sets fit, ``compute`` works in sample
-    space (:func:`frechet_distance_from_features`: one n1 x n2 SVD, exact, much faster than the d x d
-    eigendecompositions when N < d); otherwise from the sums (:func:`frechet_distance`).
+    Rows go to a buffer of ``sample_space_max`` rows per set (default: the feature dimension d, so it is
+    no larger than Σxxᵀ); when it would overflow it is folded into float64 sums N, Σx, Σxxᵀ (one large
+    matrix product per d rows: memory constant in the number of videos) and refilled. While no set was
+    folded (N <= d), ``compute`` works in sample space (:func:`frechet_distance_from_features`: one
+    n1 x n2 SVD, exact, much faster than the d x d eigendecompositions); otherwise from the sums
+    (:func:`frechet_distance`). Fold points depend only on the order of the rows, so results are
+    reproducible bit for bit for a given update order (and number of processes).
     ``ddof``: 0 = 1/N covariance (StyleGAN-V), 1 = 1/(N-1) (pytorch-fid, torchmetrics, VideoGPT).
     """
 
@@ -42,20 +44,27 @@ class FrechetDistance(Metric):
         self.extractor, self.ddof, self.num_features = extractor, int(ddof), int(num_features)
         d = self.num_features
         self.sample_space_max = d if sample_space_max is None else int(sample_space_max)
+        f64 = torch.float64
         for s in ("real", "fake"):
-            self.add_state(f"{s}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{s}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{s}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
-            # per process: rows[:held] are its features; held = -1 once they no longer fit
+            self.add_state(f"{s}_n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")  # all rows
+            self.add_state(f"{s}_sum", torch.zeros(d, dtype=f64), dist_reduce_fx="sum")  # folded rows
+            self.add_state(f"{s}_outer", torch.zeros(d, d, dtype=f64), dist_reduce_fx="sum")
+            self.add_state(f"{s}_folds", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+            # per process: rows[:held] are its rows not folded yet
             self.add_state(
-                f"{s}_rows", torch.zeros(self.sample_space_max, d, dtype=torch.float64), dist_reduce_fx="cat"
+                f"{s}_rows", torch.zeros(max(self.sample_space_max, 1), d, dtype=f64), dist_reduce_fx="cat"
             )
-            self.add_state(f"{s}_held", torch.zeros(1, dtype=torch.float64), dist_reduce_fx="cat")
+            self.add_state(f"{s}_held", torch.zeros(1, dtype=f64), dist_reduce_fx="cat")
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.extractor is None:
             raise ValueError(f"{type(self).__name__} has no extractor: pass features=")
         return self.extractor(x)
+
+    def _fold(self, s: str, f: torch.Tensor) -> None:
+        setattr(self, f"{s}_sum", getattr(self, f"{s}_sum") + f.sum(0))
+        setattr(self, f"{s}_outer", getattr(self, f"{s}_outer") + f.T @ f)
+        setattr(self, f"{s}_folds", getattr(self, f"{s}_folds") + 1)
 
     def update(
         self, x: torch.Tensor | None = None, *, real: bool, features: torch.Tensor | None = None
@@ -66,22 +75,28 @@ class FrechetDistance(Metric):
             raise ValueError(f"expected {self.num_features}-d features, got {f.shape[1]}")
         s = "real" if real else "fake"
         setattr(self, f"{s}_n", getattr(self, f"{s}_n") + f.shape[0])
-        setattr(self, f"{s}_sum", getattr(self, f"{s}_sum") + f.sum(0))
-        setattr(self, f"{s}_outer", getattr(self, f"{s}_outer") + f.T @ f)
-        held = int(getattr(self, f"{s}_held")[0])
-        if held >= 0 and held + f.shape[0] <= self.sample_space_max:
-            getattr(self, f"{s}_rows")[held : held + f.shape[0]] = f
-            getattr(self, f"{s}_held")[0] = held + f.shape[0]
-        else:
-            getattr(self, f"{s}_held")[0] = -1
+        rows, held, cap = getattr(self, f"{s}_rows"), getattr(self, f"{s}_held"), self.sample_space_max
+        if cap == 0:
+            self._fold(s, f)
+            return
+        while f.shape[0]:
+            h = int(held[0])
+            if h == cap:  # full and more rows come: fold the buffer, start it again
+                self._fold(s, rows)
+                h = 0
+            k = min(cap - h, f.shape[0])
+            rows[h : h + k] = f[:k]
+            held[0], f = h + k, f[k:]
 
-    def _rows(self, s: str) -> torch.Tensor | None:
-        """All processes' buffered rows of set ``s`` (after torchmetrics' sync), or None if any overflowed."""
+    def _buffered(self, s: str) -> torch.Tensor:
+        """Every process's unfolded rows of set ``s`` (after torchmetrics' sync)."""
         held, rows = getattr(self, f"{s}_held").reshape(-1), getattr(self, f"{s}_rows")
-        if (held < 0).any():
-            return None
         per = rows.reshape(held.numel(), -1, rows.shape[-1])
         return torch.cat([r[: int(h)] for r, h in zip(per, held)])
+
+    def sample_space(self) -> bool:
+        """True when no set was folded into sums: the distance is computed from the rows."""
+        return bool(self.real_folds == 0 and self.fake_folds == 0)
 
     def compute(self) -> torch.Tensor:
         for s in ("real", "fake"):
@@ -89,12 +104,15 @@ class FrechetDistance(Metric):
                 raise ValueError(
                     f"{type(self).__name__}: need at least {self.ddof + 2} {s} samples, got {int(getattr(self, f'{s}_n'))}"
                 )
-        xr, xf = self._rows("real"), self._rows("fake")
-        if xr is not None and xf is not None:
+        xr, xf = self._buffered("real"), self._buffered("fake")
+        if self.sample_space():
             return torch.tensor(frechet_distance_from_features(xr, xf, self.ddof), dtype=torch.float64)
-        mu1, s1 = stats_from_sums(self.real_n, self.real_sum, self.real_outer, self.ddof)
-        mu2, s2 = stats_from_sums(self.fake_n, self.fake_sum, self.fake_outer, self.ddof)
-        return torch.tensor(frechet_distance(mu1, s1, mu2, s2), dtype=torch.float64)
+        stats = [
+            stats_from_sums(getattr(self, f"{s}_n"), getattr(self, f"{s}_sum") + x.sum(0),
+                            getattr(self, f"{s}_outer") + x.T @ x, self.ddof)
+            for s, x in (("real", xr), ("fake", xf))
+        ]  # fmt: skip
+        return torch.tensor(frechet_distance(*stats[0], *stats[1]), dtype=torch.float64)
 
 
 class FrechetVideoDistance(FrechetDistance):
