@@ -120,7 +120,7 @@ class Evaluator:
         if rank == 0:
             from .report import write_outputs
 
-            write_outputs(results, merged.rows, merged.curves, out_dir, plots=bool(c["plots"]))
+            write_outputs(results, merged.rows, merged.curves, out_dir, plots=bool(c["plots"]), items=items)
         self._log_cache(merged)
         if results["n"]["generated_scored"] == 0:
             sk = results["n"]["skipped"]["generated"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from i2vlab.metrics import classes as M
+import i2vlab.metrics as M
 from i2vlab.metrics import functional as Fm
 
 from .cache import read_note
