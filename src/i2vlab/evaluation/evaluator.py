@@ -114,7 +114,7 @@ class Evaluator:
         for s in extraction.ready():
             self._commit(s, tally)
         merged = tally.merged()
-        values = compute_values(self.metrics, c, self.not_computed)
+        values = compute_values(self.metrics, c, self.not_computed, merged)
         described = {k: v for f in self.features.values() for k, v in f.describe().items()}
         results = build_results(c, merged, values, described, (len(items), len(reals)), self.notes)
         if rank == 0:
@@ -190,6 +190,7 @@ class Evaluator:
             upd = spec.update(self.metrics[m], feats, c, role)
             if upd.note:
                 row[f"{m}_note"] = upd.note
+                tally.metric_notes[(m, upd.note)] += 1
                 detail = read_note(feats) or (upd.note, f"{key}: {upd.note}")
                 notes.setdefault(detail, []).append(m)
             for k, v in (upd.row or {}).items():

@@ -229,7 +229,8 @@ def write_gallery(
                              "</figcaption></figure>")  # fmt: skip
                 continue
             met = "".join(
-                f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(x))}</td></tr>" for k, x in v.metrics.items()
+                f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(x))}</td></tr>"
+                for k, x in v.metrics.items()
             )
             src, pst = mp4.relative_to(root).as_posix(), poster.relative_to(root).as_posix()
             cells.append(

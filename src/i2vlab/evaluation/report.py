@@ -193,8 +193,7 @@ def write_html(results: dict, rows: list[dict], items: list, out_dir: Path) -> P
     pub = p.get("published") or {}
     foot = " ".join(x for x in (f"Published numbers: {pub['source']}" if pub.get("source") else "",
                                 f"Note: {pub['note']}" if pub.get("note") else "") if x)  # fmt: skip
-    metrics = [c["metric"] for c in (p.get("columns") or [])] or list(results["metrics"])
-    samples = report_samples(items, rows, metrics, int(rep.get("max_samples", 16)))
+    samples = report_samples(items, rows, list(results["metrics"]), int(rep.get("max_samples", 16)))
     run = training_run_of(cfg)
     figures = run_figures(run, out_dir / "report_media" / "run") if run is not None else []
     banner = None
@@ -209,7 +208,12 @@ def write_html(results: dict, rows: list[dict], items: list, out_dir: Path) -> P
 
 
 def write_outputs(
-    results: dict, rows: list[dict], curves: dict, out_dir: Path, plots: bool = True, items: list | None = None
+    results: dict,
+    rows: list[dict],
+    curves: dict,
+    out_dir: Path,
+    plots: bool = True,
+    items: list | None = None,
 ) -> None:
     """results.json, results.md, per_video.csv, plots and, with ``items`` (the scored inputs) and
     ``eval.report.html`` on, report.html."""
