@@ -133,6 +133,31 @@ def test_rejected_videos_are_counted_and_scored_ones_are_not_called_skipped(sets
         Evaluator({**cfg, "strict": True, "output_dir": str(tmp_path / "o2")}).run()
 
 
+def test_condition_image_from_a_real_clip_of_another_size_or_a_broken_one(tmp_path):
+    """auto: the paired real clip's first frame, resized to the generated clip's size (native resolution);
+    when that real video is unreadable, the generated first frame, keyed as such in the cache."""
+    write_set(tmp_path / "gen", 3, num_frames=6, size=(32, 32), noise=0.1)
+    write_set(tmp_path / "real", 3, num_frames=6, size=(48, 40))
+    (tmp_path / "real" / "v02.mp4").write_bytes(b"broken")
+    base = {"generated": str(tmp_path / "gen"), "real": str(tmp_path / "real"), "resolution": None,
+            "metrics": ["clip_image", "pic"]}  # fmt: skip
+    res = Evaluator(eval_cfg(tmp_path, **base)).run()
+    assert res["condition_image_sources"] == {"real_first_frame": 2, "generated_first_frame": 1}
+    again = Evaluator(eval_cfg(tmp_path, **base, output_dir=str(tmp_path / "o2"))).run()  # from the cache
+    assert again["cache"]["misses"] == 0 and again["metrics"] == res["metrics"]
+    gen_only = Evaluator(eval_cfg(tmp_path, **{**base, "real": None}, max_videos=3, cache_dir=None,
+                                  condition_image="generated_first_frame", output_dir=str(tmp_path / "o3"))).run()  # fmt: skip
+    import csv
+
+    rows = {r["key"]: r for r in csv.DictReader(open(tmp_path / "out" / "per_video.csv"))}
+    ref = {r["key"]: r for r in csv.DictReader(open(tmp_path / "o3" / "per_video.csv"))}
+    assert (
+        rows["v02"]["clip_image"] == ref["v02"]["clip_image"]
+        and rows["v00"]["clip_image"] != ref["v00"]["clip_image"]
+    )
+    assert gen_only["condition_image_sources"] == {"generated_first_frame": 3}
+
+
 def test_too_few_videos_gives_clear_error(sets, tmp_path):
     cfg = eval_cfg(
         tmp_path, generated=str(sets / "gen"), real=str(sets / "real"), max_videos=1, metrics=["fvd"]

@@ -152,3 +152,21 @@ def test_evaluator_writes_only_inside_its_output_root_and_cache(tmp_path, monkey
     assert new and all(str(p).startswith(("out/", "cache/")) for p in new), sorted(new)
     assert (tmp_path / "out/generated/sub/v02.mp4").is_file()  # a sub-folder inside the root is fine
     assert os.getcwd() == cwd
+
+
+def test_evaluate_py_refuses_an_escaping_key_before_loading_anything(tmp_path):
+    """The entry point: exit 2 with the key named, nothing written outside the run folder."""
+    plist = tmp_path / "in" / "p.csv"
+    plist.parent.mkdir()
+    plist.write_text("key,prompt\nfine,p\n../../../escaped,p\n")
+    before = _files(tmp_path)
+    root = TESTS.parent
+    r = subprocess.run(
+        [sys.executable, str(root / "evaluate.py"), "eval=smoke", f"hydra.run.dir={tmp_path / 'run'}",
+         "eval.generate.checkpoint=/nonexistent/run", f"eval.generate.prompts={plist}", "eval.cache_dir=null"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "../../../escaped" in r.stderr and "outside" in r.stderr and "Traceback" not in r.stderr
+    new = _files(tmp_path) - before
+    assert all(str(p).startswith("run/") for p in new), new

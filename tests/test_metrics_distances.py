@@ -191,18 +191,69 @@ def test_sample_space_fd_matches_stylegan_v_fixtures():
 
 def test_frechet_metric_uses_sample_space_while_it_fits_then_the_sums():
     g = torch.Generator().manual_seed(4)
-    x, y = torch.randn(30, 50, generator=g), torch.randn(25, 50, generator=g) + 0.3
+    x, y = torch.randn(50, 50, generator=g), torch.randn(25, 50, generator=g) + 0.3
     m = FrechetDistance(50, ddof=1)
     for chunk in x.split(7):
         m.update(real=True, features=chunk)
     m.update(real=False, features=y)
-    assert m._rows("real").shape == (30, 50) and m._rows("fake").shape == (25, 50)
+    assert m.sample_space() and m._buffered("real").shape == (50, 50)  # N = d still fits
     ref = frechet_distance(*gaussian_stats(x, 1), *gaussian_stats(y, 1))
     assert float(m.compute()) == pytest.approx(ref, rel=1e-10)
-    m.update(real=True, features=torch.randn(30, 50, generator=g))  # 60 > 50 rows: the buffer is dropped
-    assert m._rows("real") is None and m._rows("fake") is not None
-    assert float(m.compute()) > 0
+    more = torch.randn(70, 50, generator=g)
+    m.update(real=True, features=more)  # 120 > 50 rows: folded into the sums (twice: 50 + 50, 20 held)
+    assert not m.sample_space() and int(m.real_folds) == 2 and m._buffered("real").shape == (20, 50)
+    ref2 = frechet_distance(*gaussian_stats(torch.cat([x, more]), 1), *gaussian_stats(y, 1))
+    assert float(m.compute()) == pytest.approx(ref2, rel=1e-10)
     off = FrechetDistance(50, ddof=1, sample_space_max=0)
     off.update(real=True, features=x)
     off.update(real=False, features=y)
-    assert off._rows("real") is None and float(off.compute()) == pytest.approx(ref, rel=1e-9)
+    assert not off.sample_space() and float(off.compute()) == pytest.approx(ref, rel=1e-9)
+
+
+def _fd_worker(rank, port, cases, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        res = []
+        for x, y, cap in cases:
+            m = FrechetDistance(x.shape[1], ddof=1, sample_space_max=cap)
+            for chunk in x[rank::2].split(3):
+                m.update(real=True, features=chunk)
+            m.update(
+                real=False, features=y[rank * 4 : (rank + 1) * 4] if rank == 0 else y[4:]
+            )  # uneven split
+            res.append({"value": float(m.compute()), "sample_space": m.sample_space()})
+        if rank == 0:
+            torch.save(res, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_frechet_metric_reduces_across_processes(tmp_path):
+    """Two gloo processes: the buffered rows (sample space, N <= d) and the folded sums plus each process's
+    unfolded remainder (N > d) reduce to the one-process value."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    g = torch.Generator().manual_seed(5)
+    x, y = (
+        torch.randn(11, 6, generator=g, dtype=torch.float64),
+        torch.randn(12, 6, generator=g, dtype=torch.float64) + 1,
+    )
+    cases = [(x[:5], y[:6], None), (x, y, 4)]
+    out = tmp_path / "fd.pt"
+    mp.spawn(_fd_worker, args=(port, cases, str(out)), nprocs=2, join=True)
+    res = torch.load(out)
+    assert res[0]["sample_space"] and not res[1]["sample_space"]
+    for r, (a, b, _) in zip(res, cases):
+        assert r["value"] == pytest.approx(
+            frechet_distance(*gaussian_stats(a, 1), *gaussian_stats(b, 1)), rel=1e-10
+        )

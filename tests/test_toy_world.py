@@ -22,7 +22,7 @@ import torch
 from conftest import ROOT, compose_train
 
 ASSETS = ROOT / "assets" / "toy"
-pytestmark = pytest.mark.skipif(not (ASSETS / "vae").is_dir(), reason="assets/toy is not published")
+published = pytest.mark.skipif(not (ASSETS / "vae").is_dir(), reason="assets/toy is not published")
 
 
 def _demo():
@@ -48,6 +48,7 @@ def _module(experiment: str, tmp_path: Path, overrides: tuple[str, ...] = ()):
     return module.eval()
 
 
+@published
 def test_published_vae_reconstructs_toy_val(toy_data):
     d = _demo()
     clips = d.toy_clips(toy_data / "toy" / "val", num_frames=24, stride=1)
@@ -56,6 +57,7 @@ def test_published_vae_reconstructs_toy_val(toy_data):
     assert value >= 25.0, f"toy VAE reconstruction PSNR {value:.2f} dB < 25"
 
 
+@published
 def test_toy_i2v_adapter_keeps_frame0_and_moves(tmp_path, val_clips):
     d = _demo()
     module = _module("demo_i2v_adapter", tmp_path)
@@ -66,6 +68,7 @@ def test_toy_i2v_adapter_keeps_frame0_and_moves(tmp_path, val_clips):
     assert n["flow"] > 0.5, n
 
 
+@published
 @torch.no_grad()
 def test_trained_first_frame_branch_lowers_held_out_loss(tmp_path, val_clips):
     """Validation loss (frames 1..7, 10 stratified timesteps, fixed noise) on the held-out clips: the
@@ -84,7 +87,7 @@ def test_trained_first_frame_branch_lowers_held_out_loss(tmp_path, val_clips):
         for i, t in enumerate(stratified_timesteps(10).tolist()):
             g = torch.Generator().manual_seed(1000 + i)
             tt = torch.full((len(batch["caption"]),), t, dtype=torch.long)
-            loss, _ = module.compute_loss(batch, g, timesteps=tt, train=False)
+            loss, _ = module.compute_loss(batch, g, levels=tt, train=False)
             losses.append(loss.mean())
         return float(torch.stack(losses).mean())
 
@@ -98,6 +101,7 @@ def test_trained_first_frame_branch_lowers_held_out_loss(tmp_path, val_clips):
     assert trained <= 0.8 * untrained, f"trained branch {trained:.4f} vs untrained {untrained:.4f}"
 
 
+@published
 def test_toy_dynamicrafter_keeps_frame0_and_moves(tmp_path, val_clips):
     d = _demo()
     module = _module("demo_dynamicrafter", tmp_path)
@@ -108,6 +112,7 @@ def test_toy_dynamicrafter_keeps_frame0_and_moves(tmp_path, val_clips):
     assert n["flow"] > 0.5, n
 
 
+@published
 def test_toy_inbetween_reproduces_both_keyframes(tmp_path, val_clips):
     from i2vlab.methods.base import load_matching
 
@@ -120,6 +125,7 @@ def test_toy_inbetween_reproduces_both_keyframes(tmp_path, val_clips):
     assert n["frame0_psnr"] >= 25.0 and n["last_psnr"] >= 25.0, n
 
 
+@published
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, toy_data):
     d = _demo()
@@ -148,3 +154,130 @@ def test_demo_runs_end_to_end(tmp_path, toy_data):
         assert (out / m / "samples" / f"{m}_0.mp4").is_file() and (
             out / m / "samples" / f"{m}_0.png"
         ).is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# the two training methods the toy world added (tiny random-init models, no assets needed)
+# ----------------------------------------------------------------------------------------------
+TINY_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+}
+
+
+def _video(b: int = 2, f: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, f, 3, size, size, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_vae_method_loss_crops_export_and_scaling(tmp_path, temporal):
+    """method=vae: the loss is L1 + L2 (+ KL in training) of the reconstruction; crops and frame picks
+    are seeded; the export is a diffusers folder that reconstructs exactly as the trained module, with
+    scaling_factor = 1 / std of the validation latents."""
+    from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+
+    from i2vlab.methods.vae import VAETraining
+
+    torch.manual_seed(0)
+    if temporal:
+        cfg = {k: v for k, v in TINY_VAE.items() if k not in ("up_block_types", "norm_num_groups")}
+        vae = AutoencoderKLTemporalDecoder(**{**cfg, "block_out_channels": [32, 32]})
+    else:
+        vae = AutoencoderKL(**TINY_VAE)
+    m = VAETraining(vae, crop_size=16, frames_per_clip=2, kl_weight=1e-3, validation={"num_samples": 1})
+    m.configure_trainable()
+    video = _video()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(m.training_clips(video, g1), m.training_clips(video, g2))
+    clips = m.training_clips(video, torch.Generator().manual_seed(3))
+    assert clips.shape == (2, 4 if temporal else 2, 3, 16, 16)
+    loss, logs = m.compute_loss({"video": video}, torch.Generator().manual_seed(0), train=True)
+    assert loss.shape == (2,) and torch.isfinite(loss).all() and logs["kl"] > 0
+    with torch.no_grad():
+        val, _ = m.compute_loss({"video": video}, torch.Generator().manual_seed(0), train=False)
+        rec, dist = m.reconstruct(video)
+        err = rec - video
+        expected = err.abs().mean(dim=(1, 2, 3, 4)) + err.pow(2).mean(dim=(1, 2, 3, 4))
+        torch.testing.assert_close(val, expected)
+        # validation statistics -> scaling factor
+        m.on_validation_epoch_start()
+        z = dist.mode()
+        m._val_latent_sq = [torch.stack([z.mean(), z.pow(2).mean()])]
+        std = float(z.std(unbiased=False))
+        assert abs(m.latent_std() - std) < 1e-4 * std
+        assert abs(m.vae.config.scaling_factor - 1 / std) < 1e-3 / std
+    out = m.export_trainable(tmp_path / "export" / "trainable.safetensors")
+    loaded = type(vae).from_pretrained(str(out.parent / "vae"))
+    assert abs(loaded.config.scaling_factor - m.vae.config.scaling_factor) < 1e-9
+    with torch.no_grad():
+        x = rearrange_frames(video)
+        z = loaded.encode(x).latent_dist.mode()
+        a = loaded.decode(z, num_frames=4).sample if temporal else loaded.decode(z).sample
+    torch.testing.assert_close(a, rearrange_frames(rec), rtol=1e-5, atol=1e-5)
+
+
+def rearrange_frames(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *v.shape[2:])
+
+
+def test_vae_init_from_a_diffusers_file_copies_the_matching_encoder(tmp_path):
+    """A temporal-decoder VAE initialised from an AutoencoderKL's file: its encoder and quant conv equal."""
+    from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+
+    from i2vlab.methods.vae import VAETraining
+
+    torch.manual_seed(0)
+    cfg = {**TINY_VAE, "block_out_channels": [32, 32], "norm_num_groups": 32}
+    src = AutoencoderKL(**cfg)
+    src.save_pretrained(str(tmp_path / "kl"))
+    tcfg = {k: v for k, v in cfg.items() if k not in ("up_block_types", "norm_num_groups")}
+    m = VAETraining(AutoencoderKLTemporalDecoder(**tcfg))
+    loaded = m.init_from(tmp_path / "kl" / "diffusion_pytorch_model.safetensors")
+    assert any(k.startswith("vae.encoder.") for k in loaded) and "vae.quant_conv.weight" in loaded
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(m.vae.encoder.state_dict()[k], v), k
+
+
+def test_svd_i2v_loss_is_the_edm_objective_and_sampling_runs(tmp_path):
+    """method=svd_i2v on the tiny SVD: the loss equals the EDM formula written out here with the
+    same draws (cond_dropout 0), the conditioning is the first frame; sampling returns videos."""
+    from i2vlab.diffusion.edm import c_in, c_noise, c_out, c_skip
+    from i2vlab.training import instantiate_model
+
+    torch.manual_seed(0)
+    cfg = compose_train(["backbone=tiny_svd", "method=svd_i2v", "method.cond_dropout=0.0"], tmp_path)
+    m = instantiate_model(cfg).eval()
+    m.configure_trainable()
+    assert all(p.requires_grad for p in m.unet.parameters())
+    assert not any(p.requires_grad for p in m.vae.parameters())
+    video = _video(b=2, f=4, size=32)
+    sigma = torch.tensor([0.5, 3.0])
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        z = m.encode_latents({"video": video}, g)  # b c f h w, scaled
+        noise = torch.randn(z.shape, generator=g)
+        cond_noise = torch.randn(video[:, 0].shape, generator=g)
+        m.conditioning_noise = lambda shape, generator: cond_noise
+        loss, _ = m.compute_loss({"video": video}, g, levels=sigma, noise=noise, latents=z)
+        # SVD's EDM loss written out: v-prediction preconditioning on the first frame's conditioning
+        emb, lat = m.condition(video[:, 0], cond_noise)
+        zf, nf = z.transpose(1, 2), noise.transpose(1, 2)  # b f c h w
+        x = zf + nf * sigma.view(2, 1, 1, 1, 1)
+        inp = torch.cat([x * c_in(sigma).view(2, 1, 1, 1, 1), lat[:, None].expand(-1, 4, -1, -1, -1)], dim=2)
+        ids = torch.tensor([[6.0, 127.0, 0.02]]).repeat(2, 1)
+        out = m.unet(inp, c_noise(sigma), encoder_hidden_states=emb, added_time_ids=ids).sample
+        d = c_skip(sigma).view(2, 1, 1, 1, 1) * x + c_out(sigma).view(2, 1, 1, 1, 1) * out
+        expected = (1 + sigma**2) / sigma**2 * (d - zf).pow(2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    # the conditioning is the clip's first frame, augmented as SVD: CLIP of the clean frame, VAE mode of frame + 0.02 noise
+    torch.testing.assert_close(lat, m.vae.encode(video[:, 0] + 0.02 * cond_noise).latent_dist.mode())
+    videos = m.sample([""], images=video[:1, 0], num_frames=4, num_inference_steps=2)
+    assert videos.shape == (1, 4, 3, 32, 32) and videos.abs().max() <= 1

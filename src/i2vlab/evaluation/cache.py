@@ -31,16 +31,24 @@ def tensors_digest(value: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def text_tensor(text: str) -> torch.Tensor:
+    """A string as a uint8 tensor (entries hold tensors only)."""
+    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).clone()
+
+
+def tensor_text(t: torch.Tensor) -> str:
+    return bytes(t.tolist()).decode()
+
+
 def note(reason: str, message: str = "") -> dict[str, torch.Tensor]:
     """An entry meaning "this feature cannot be computed for this input" (kept so warm runs know)."""
-    raw = f"{reason}\x1f{message}".encode()
-    return {"_note": torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()}
+    return {"_note": text_tensor(f"{reason}\x1f{message}")}
 
 
 def read_note(value: dict) -> tuple[str, str] | None:
     if "_note" not in value:
         return None
-    reason, _, message = bytes(value["_note"].tolist()).decode().partition("\x1f")
+    reason, _, message = tensor_text(value["_note"]).partition("\x1f")
     return reason, message
 
 

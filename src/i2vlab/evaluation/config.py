@@ -196,6 +196,13 @@ class SyntheticOptions:
     toy_real: str | None = "${i2vlab_root:}/data/toy/val"
 
 
+@dataclass
+class ReportOptions:
+    html: bool = True  # write report.html (the results gallery) beside results.md
+    max_samples: int = 16  # samples shown (first by key), each video re-encoded as H.264 + poster
+    run: str | None = None  # training run whose curves / lambda to show (default: generate.checkpoint's)
+
+
 # ------------------------------------------------------------------------------ the evaluation
 @dataclass
 class EvalConfig:
@@ -237,6 +244,7 @@ class EvalConfig:
     extractors: Extractors = field(default_factory=Extractors)
     generate: GenerateOptions = field(default_factory=GenerateOptions)
     synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
 
 
 CONDITION_IMAGE_MODES = ("auto", "manifest", "images", "real_first_frame", "generated_first_frame")

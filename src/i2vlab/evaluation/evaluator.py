@@ -114,13 +114,13 @@ class Evaluator:
         for s in extraction.ready():
             self._commit(s, tally)
         merged = tally.merged()
-        values = compute_values(self.metrics, c, self.not_computed)
+        values = compute_values(self.metrics, c, self.not_computed, merged)
         described = {k: v for f in self.features.values() for k, v in f.describe().items()}
         results = build_results(c, merged, values, described, (len(items), len(reals)), self.notes)
         if rank == 0:
             from .report import write_outputs
 
-            write_outputs(results, merged.rows, merged.curves, out_dir, plots=bool(c["plots"]))
+            write_outputs(results, merged.rows, merged.curves, out_dir, plots=bool(c["plots"]), items=items)
         self._log_cache(merged)
         if results["n"]["generated_scored"] == 0:
             sk = results["n"]["skipped"]["generated"]
@@ -190,6 +190,7 @@ class Evaluator:
             upd = spec.update(self.metrics[m], feats, c, role)
             if upd.note:
                 row[f"{m}_note"] = upd.note
+                tally.metric_notes[(m, upd.note)] += 1
                 detail = read_note(feats) or (upd.note, f"{key}: {upd.note}")
                 notes.setdefault(detail, []).append(m)
             for k, v in (upd.row or {}).items():

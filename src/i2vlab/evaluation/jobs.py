@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from .cache import FeatureCache, note
+from .cache import FeatureCache, note, tensor_text, text_tensor
 from .features import Feature, FeatureInfo, FixedBatchRunner
 from .inputs import ClipError, EvalItem, VideoRef, load_clip, load_condition_image
 from .inputs import ref_from_path as _ref
@@ -29,7 +29,7 @@ class Job:
     image_ident: str | None = None
     error: tuple[str, str] | None = None  # known before decoding
     clip_key: str = ""
-    keys: dict[str, str] = field(default_factory=dict)  # feature -> cache key
+    keys: dict[str, str] = field(default_factory=dict)  # feature -> cache key (known before decoding)
     notes: dict[str, tuple[str, str]] = field(default_factory=dict)  # feature -> (reason, message)
 
 
@@ -98,7 +98,7 @@ class JobDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         job = self.jobs[i]
         s = {"index": job.index, "role": job.role, "key": job.key, "error": job.error, "features": {},
-             "missing": [], "events": [], "image_source": job.image_source, "keys": dict(job.keys),
+             "missing": [], "events": [], "image_source": job.image_source, "keys": job.keys,
              "prompt": job.item.prompt if job.item else None}  # fmt: skip
         if s["error"] is not None:
             return s
@@ -109,6 +109,8 @@ class JobDataset(Dataset):
                 s["missing"].append(name)
             else:
                 s["features"][name] = value
+                if "_image_source" in value:  # what the cached values were computed from
+                    s["image_source"] = tensor_text(value["_image_source"])
         s["features"].update({n: note(*r) for n, r in job.notes.items()})
         if not s["missing"]:
             return s
@@ -134,27 +136,20 @@ class JobDataset(Dataset):
         return s
 
     def _image(self, job: Job, s: dict) -> None:
+        size = tuple(s["video"].shape[-2:])
         if job.image_source == "image_file":
             img = load_condition_image(job.item.image, self.cfg["resolution"])
-            if tuple(img.shape[-2:]) != tuple(s["video"].shape[-2:]):
-                from i2vlab.data.transforms import resize_center_crop
-
-                img = resize_center_crop(img[None], tuple(s["video"].shape[-2:]))[0]
-            s["image"] = img
-            return
-        if job.image_source == "real_first_frame" and s.get("paired") is not None:
-            s["image"] = s["paired"][0]
-            return
-        if job.image_source == "real_first_frame" and self.cfg["condition_image"] == "real_first_frame":
+        elif job.image_source == "real_first_frame" and s.get("paired") is not None:
+            img = s["paired"][0]
+        elif job.image_source == "real_first_frame" and self.cfg["condition_image"] == "real_first_frame":
             raise ClipError("no_condition_image", f"{job.key}: the paired real video is unreadable")
-        s["image"], s["image_source"] = s["video"][0], "generated_first_frame"
-        if job.image_source != "generated_first_frame":  # auto fell back: key the values by what was used
-            for n in s["missing"]:
-                if "image" in self.infos[n].needs:
-                    real = job.item.real
-                    s["keys"][n] = feature_key(
-                        job.clip_key, self.infos[n], "gen0", job.item.prompt, real.identity
-                    )
+        else:  # auto, and the paired real video is unreadable: the generated first frame (kept in the entry)
+            img, s["image_source"] = s["video"][0], "generated_first_frame"
+        if tuple(img.shape[-2:]) != size:  # native resolution: the image at the clip's size
+            from i2vlab.data.transforms import resize_center_crop
+
+            img = resize_center_crop(img[None], size)[0]
+        s["image"] = img
 
 
 class Extraction:
@@ -192,6 +187,8 @@ class Extraction:
         out.pop("_calls")
         with torch.inference_mode():
             value = self.features[n].finish(s, out)
+        if "image" in self.infos[n].needs and s.get("image_source"):
+            value["_image_source"] = text_tensor(s["image_source"])
         s["features"][n] = value
         s["_waiting"].discard(n)
         self.cache.put(self.infos[n].namespace, s["keys"][n], value)

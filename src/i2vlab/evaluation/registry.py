@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from i2vlab.metrics import classes as M
+import i2vlab.metrics as M
 from i2vlab.metrics import functional as Fm
 
 from .cache import read_note
@@ -79,7 +79,7 @@ def _fvd_ddof(cfg) -> int:
 
 
 def _fd_result(metric, value, cfg) -> dict:
-    sample = metric._rows("real") is not None and metric._rows("fake") is not None
+    sample = metric.sample_space()
     return {"value": float(value), "n_real": int(metric.real_n), "n_fake": int(metric.fake_n),
             "covariance": f"1/(N-{metric.ddof})" if metric.ddof else "1/N",
             "trace": "sample space (SVD of Xr Xgᵀ)" if sample else "eigh of Σr^½ Σg Σr^½"}  # fmt: skip

@@ -1,4 +1,5 @@
-"""Result files: results.json, results.md (laid out like the paper's table), per_video.csv, plots."""
+"""Result files: results.json, results.md (laid out like the paper's table), per_video.csv, plots and
+report.html (the results gallery, :mod:`.html`)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,26 @@ def summary_lines(results: dict) -> list[tuple[int, str]]:
     return out
 
 
-def render_markdown(results: dict) -> str:
+def results_rows(results: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The results table: header and (kind, cells) rows -- the paper's published rows (``published``)
+    then ours (``ours``, ``ours noncomparable`` with random-init extractors)."""
     p = results.get("protocol") or {}
     cols = p.get("columns") or [{"metric": m} for m in results["metrics"]]
+    header = ["Method"] + [c.get("label") or LABELS.get(c["metric"], c["metric"]) for c in cols]
+    rows = []
+    for row_name, vals in ((p.get("published") or {}).get("rows") or {}).items():
+        rows.append(("published", [row_name] + [_fmt((vals or {}).get(c["metric"])) for c in cols]))
+    ours = []
+    for c in cols:
+        v = results["metrics"].get(c["metric"], {})
+        ours.append("not computed" if v.get("value") is None else _fmt(v["value"]))
+    tag = "i2vlab (ours)" + ("" if results["comparable"] else " [not comparable]")
+    rows.append(("ours" if results["comparable"] else "ours noncomparable", [tag] + ours))
+    return header, rows
+
+
+def render_markdown(results: dict) -> str:
+    p = results.get("protocol") or {}
     lines = [f"# Evaluation: {results['name']}", ""]
     if p.get("paper"):
         lines += [f"Protocol: **{p.get('title', results['name'])}** — {p['paper']}", ""]
@@ -62,20 +80,13 @@ def render_markdown(results: dict) -> str:
             "(allow_random_weights=true). Use these numbers only as a smoke test.",
             "",
         ]
-    header = ["Method"] + [c.get("label") or LABELS.get(c["metric"], c["metric"]) for c in cols]
+    header, rows = results_rows(results)
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    pub = p.get("published") or {}
-    for row_name, vals in (pub.get("rows") or {}).items():
-        lines.append(
-            "| " + " | ".join([row_name] + [_fmt((vals or {}).get(c["metric"])) for c in cols]) + " |"
-        )
-    ours = []
-    for c in cols:
-        v = results["metrics"].get(c["metric"], {})
-        ours.append("not computed" if v.get("value") is None else _fmt(v["value"]))
-    tag = "i2vlab (ours)" + ("" if results["comparable"] else " [not comparable]")
-    lines.append("| " + " | ".join([f"**{tag}**"] + ours) + " |")
+    for kind, cells in rows:
+        name = f"**{cells[0]}**" if kind.startswith("ours") else cells[0]
+        lines.append("| " + " | ".join([name] + cells[1:]) + " |")
     lines.append("")
+    pub = p.get("published") or {}
     if pub.get("source"):
         lines += [f"Published numbers: {pub['source']}", ""]
     if pub.get("note"):
@@ -159,7 +170,53 @@ def write_plots(curves: dict, out_dir: Path) -> list[str]:
     return files
 
 
-def write_outputs(results: dict, rows: list[dict], curves: dict, out_dir: Path, plots: bool = True) -> None:
+def training_run_of(cfg: dict) -> Path | None:
+    """The training run a report shows curves of: ``report.run``, else the run generation loaded."""
+    from i2vlab.pipelines.loading import run_dir_of
+
+    path = (cfg.get("report") or {}).get("run") or (cfg.get("generate") or {}).get("checkpoint")
+    if not path or not Path(path).exists():
+        return None
+    run = run_dir_of(path)
+    return run if (run / ".hydra").is_dir() or any(run.glob("csv/*/metrics.csv")) else None
+
+
+def write_html(results: dict, rows: list[dict], items: list, out_dir: Path) -> Path:
+    """``report.html`` (see :mod:`.html`): the results table, per-sample inputs and videos with their
+    metrics, the training run's curves and lambda plot."""
+    from .html import report_samples, run_figures, write_gallery
+
+    cfg = results.get("config") or {}
+    rep = cfg.get("report") or {}
+    p = results.get("protocol") or {}
+    header, table = results_rows(results)
+    pub = p.get("published") or {}
+    foot = " ".join(x for x in (f"Published numbers: {pub['source']}" if pub.get("source") else "",
+                                f"Note: {pub['note']}" if pub.get("note") else "") if x)  # fmt: skip
+    samples = report_samples(items, rows, list(results["metrics"]), int(rep.get("max_samples", 16)))
+    run = training_run_of(cfg)
+    figures = run_figures(run, out_dir / "report_media" / "run") if run is not None else []
+    banner = None
+    if not results["comparable"]:
+        banner = ("NOT COMPARABLE to published numbers: random-init extractor weights were used "
+                  "(allow_random_weights=true).")  # fmt: skip
+    title = f"Evaluation: {results['name']}" + (f" ({p['title']})" if p.get("title") else "")
+    return write_gallery(
+        out_dir / "report.html", title, [(p.get("paper") or "results", header, table, foot)], samples,
+        figures, banner, results.get("notes") or [],
+    )  # fmt: skip
+
+
+def write_outputs(
+    results: dict,
+    rows: list[dict],
+    curves: dict,
+    out_dir: Path,
+    plots: bool = True,
+    items: list | None = None,
+) -> None:
+    """results.json, results.md, per_video.csv, plots and, with ``items`` (the scored inputs) and
+    ``eval.report.html`` on, report.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results["curves"] = {m: (torch.as_tensor(s) / max(n, 1)).tolist() for m, (s, n) in curves.items()}
@@ -174,3 +231,5 @@ def write_outputs(results: dict, rows: list[dict], curves: dict, out_dir: Path, 
         w.writeheader()
         for r in sorted(rows, key=lambda r: (r["role"], r["key"])):
             w.writerow(r)
+    if items is not None and ((results.get("config") or {}).get("report") or {}).get("html", True):
+        write_html(results, rows, items, out_dir)

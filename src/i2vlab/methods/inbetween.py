@@ -17,7 +17,9 @@ Training step (spec §3.2): SVD's EDM objective (:class:`~i2vlab.methods.svd_i2v
 4. EDM loss ``(1+σ²)/σ² · |D(x_rev) - z_rev|²`` with ``D = c_skip·x + c_out·F``.
 
 Only ``temporal_transformer_blocks.0.attn1.to_v.weight`` and ``.to_out.0.weight`` of the trainable
-UNet train (``method.trainable``). Conditioning per SVD: CLIP image embedding of the clean frame;
+UNet train (``method.trainable``). With ``method.attention_rotation=false`` (the paper's "w/o RA"
+ablation) there is no reference pass: the UNet fine-tunes on the reversed clips with its own
+attention (the ablation recipe trains q, k, v and out). Conditioning per SVD: CLIP image embedding of the clean frame;
 VAE ``mode()`` (unscaled) of the frame plus 0.02 Gaussian noise, repeated over frames and
 concatenated on channels; added time ids [fps - 1 = 6, motion bucket 127, noise aug 0.02].
 
@@ -75,7 +77,8 @@ class GenerativeInbetweening(SVDImageToVideo):
         trainable pass on the reversed one with the rotated maps; returns its raw (v) output, b c f h w."""
         x = rearrange(noisy, "b c f h w -> b f c h w")
         self.pipe.attention_store.clear()
-        with torch.no_grad():
-            svd_unet_forward(self.ref_unet, x.flip(1), levels, *cond["ref"], cond["time_ids"])
+        if self.pipe.attention_rotation:
+            with torch.no_grad():
+                svd_unet_forward(self.ref_unet, x.flip(1), levels, *cond["ref"], cond["time_ids"])
         out = svd_unet_forward(self.unet, x, levels, *cond["cond"], cond["time_ids"])
         return rearrange(out, "b f c h w -> b c f h w")

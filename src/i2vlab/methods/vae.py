@@ -121,10 +121,11 @@ class VAETraining(VideoDiffusionModule):
         self,
         batch: Mapping[str, Any],
         generator: torch.Generator,
-        timesteps: torch.Tensor | None = None,
+        levels: torch.Tensor | None = None,
         train: bool = True,
+        **unused: Any,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Per-clip loss (b,) and logs (``rec_l1``, ``kl``, ``psnr``)."""
+        """Per-clip loss (b,) and logs (``rec_l1``, ``kl``, ``psnr``); there are no noise ``levels``."""
         video = batch["video"].to(self.device)
         if train:
             video = self.training_clips(video, generator)
@@ -159,15 +160,23 @@ class VAETraining(VideoDiffusionModule):
         if batch_idx == 0 and self._val_inputs is None:
             self._val_inputs = self.validation_sample_inputs(batch, int(self.validation_cfg["num_samples"]))
 
+    def latent_std(self) -> float | None:
+        """Standard deviation of the validation latents collected so far (``None`` if none); with
+        ``scaling_factor: auto`` the VAE's ``scaling_factor`` becomes its inverse."""
+        if not self._val_latent_sq:
+            return None
+        mean, sq = torch.stack(self._val_latent_sq).mean(dim=0)
+        std = float((sq - mean**2).clamp_min(1e-12).sqrt())
+        if self.scaling_factor == "auto":
+            self.vae.register_to_config(scaling_factor=1.0 / std)
+        return std
+
     def on_validation_epoch_end(self) -> None:
         if self._val_psnr:
             self.log("val/psnr", torch.cat(self._val_psnr).mean(), sync_dist=True)
-        if self._val_latent_sq:
-            mean, sq = torch.stack(self._val_latent_sq).mean(dim=0)
-            std = (sq - mean**2).clamp_min(1e-12).sqrt()
+        std = self.latent_std()
+        if std is not None:
             self.log("val/latent_std", std, sync_dist=True)
-            if self.scaling_factor == "auto":
-                self.vae.register_to_config(scaling_factor=float(1.0 / std))
         super().on_validation_epoch_end()
 
     def validation_sample_inputs(self, batch: Mapping[str, Any], k: int) -> dict[str, Any]:

@@ -4,23 +4,11 @@ Public maths: :func:`frechet_distance` and :func:`polynomial_mmd` (float64, see 
 """
 
 from .classes import (
-    CLIPFirstFrameConsistency,
-    CLIPImageFrameSimilarity,
-    CLIPTemporalConsistency,
-    CLIPTextSimilarity,
-    DOVERScores,
-    FlowScore,
     FrechetDistance,
     FrechetInceptionDistanceFrames,
     FrechetVideoDistance,
     KernelDistance,
     KernelVideoDistance,
-    PerceptualInputConformity,
-    PerVideoMean,
-    VideoLPIPS,
-    VideoPSNR,
-    VideoSSIM,
-    WarpingError,
 )
 from .distances import (
     frechet_distance,
@@ -31,6 +19,20 @@ from .distances import (
     stats_from_sums,
 )
 from .extractors import EXTRACTORS, MissingWeightsError, build_extractor
+from .per_video import (
+    CLIPFirstFrameConsistency,
+    CLIPImageFrameSimilarity,
+    CLIPTemporalConsistency,
+    CLIPTextSimilarity,
+    DOVERScores,
+    FlowScore,
+    PerceptualInputConformity,
+    PerVideoMean,
+    VideoLPIPS,
+    VideoPSNR,
+    VideoSSIM,
+    WarpingError,
+)
 
 __all__ = [
     "CLIPFirstFrameConsistency", "CLIPImageFrameSimilarity", "CLIPTemporalConsistency", "CLIPTextSimilarity",

@@ -173,6 +173,42 @@ def _install(unet: nn.Module, factory, names: Iterable[str] | None = None) -> li
     return targets
 
 
+def layers_in_blocks(names: Iterable[str], blocks: Iterable[str] | None) -> list[str]:
+    """The layer names among ``names`` inside the UNet parts ``blocks`` (``down``, ``mid``, ``up``;
+    all when ``None``)."""
+    if blocks is None:
+        return list(names)
+    parts = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
+    unknown = sorted(set(blocks) - set(parts))
+    if unknown:
+        raise ValueError(f"rotate_blocks {unknown}: choose from {sorted(parts)}")
+    prefixes = tuple(parts[b] for b in blocks)
+    return [n for n in names if n.startswith(prefixes)]
+
+
+def rotated_view(
+    unet: nn.Module, store: AttentionStore, names: Iterable[str], blocks: Iterable[str] | None = None
+) -> nn.Module:
+    """A second module tree over the **same** parameters as ``unet`` (no weights copied) whose temporal
+    self-attention layers in ``blocks`` use the rotated maps of ``store`` and whose other temporal
+    self-attention layers attend normally. Generative Inbetweening's "w/o FT" ablation: the backward
+    path is the unmodified forward model with rotated attention maps (the paper: in the up blocks)."""
+    import copy
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    shared = {id(t): t for t in list(unet.parameters()) + list(unet.buffers())}
+    shared[id(store)] = store
+    view = copy.deepcopy(unet, memo=shared)
+    names = list(names)
+    rotated = set(layers_in_blocks(names, blocks))
+    procs = dict(view.attn_processors)
+    for n in names:
+        procs[f"{n}.processor"] = AttentionFlipProcessor(store, n) if n in rotated else AttnProcessor2_0()
+    view.set_attn_processor(procs)
+    return view
+
+
 def install_store_processors(unet: nn.Module, store: AttentionStore) -> list[str]:
     """Record the temporal self-attention maps of ``unet`` (the frozen reference) in ``store``."""
     return _install(unet, lambda n: AttentionStoreProcessor(store, n))

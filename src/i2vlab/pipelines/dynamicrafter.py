@@ -17,7 +17,14 @@ Follows ``lvdm/models/samplers/ddim.py`` / ``ddim_multiplecond.py`` and ``script
 - multi-condition CFG: ``e(0,0) + s_img [e(img,0) - e(0,0)] + s_txt [e(img,txt) - e(img,0)]``;
 - ``guidance_rescale`` (0.7 for the v-prediction models) against the conditional output;
 - interpolation (``last_images``: first and last latents concatenated, zeros between) and loop mode
-  (the same image at both ends).
+  (the same image at both ends);
+- the paper's Figure 2 gate study: ``gate_scale`` multiplies lambda of the layers ``gate_layers``
+  (0-based, forward order as the ``lambda/NN`` logs; all when null) while sampling.
+
+Ablation switches of the pipeline (paper Table 3, ``conf/experiment/ablation/dynamicrafter``):
+``context_stream=False`` drops the context (CLIP + context learner) tokens, the UNet sees the text
+only ("w/o ctx"); ``image_tokens="global"`` feeds the context learner the CLIP class token alone
+instead of all last-layer tokens ("Ours_G", a single global token as I2VGen-XL).
 
 :func:`ddim_sample` is the step loop on any model callable (no Lightning); :func:`sample_dynamicrafter`
 builds the conditions from a pipeline and runs it. The initial noise and the per-step noise
@@ -28,6 +35,7 @@ Layouts: images b c h w in [-1, 1]; latents b c f h w; returns b f c h w in [-1,
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -162,6 +170,8 @@ def sample_dynamicrafter(
     last_images: torch.Tensor | None = None,
     loop: bool = False,
     negative_prompt: str = "",
+    gate_scale: float = 1.0,
+    gate_layers: Sequence[int] | None = None,
     return_latents: bool = False,
     x_T: torch.Tensor | None = None,
     step_noise: Sequence[torch.Tensor] | None = None,
@@ -175,6 +185,8 @@ def sample_dynamicrafter(
         multiple_cond_cfg / cfg_img: multi-condition CFG and its image scale s_img (default s_txt).
         fs: frame stride (256) or fps (512/1024); smaller -> more motion; the UNet's ``default_fs`` if None.
         last_images: end keyframes (interpolation); ``loop``: the start image at both ends.
+        gate_scale / gate_layers: lambda of those dual cross-attention layers (0-based, forward order;
+            all when None) is multiplied by ``gate_scale`` while sampling (paper Figure 2).
         x_T / step_noise: the initial latents and the noise of each step (eta > 0) instead of drawing
             them from ``seed`` (to replay another sampler's run).
     """
@@ -245,19 +257,25 @@ def sample_dynamicrafter(
         noise_fn = lambda i, s: torch.randn(tuple(s), generator=g).to(dev, x.dtype)  # noqa: E731
     else:
         noise_fn = lambda i, s: step_noise[i].to(dev, x.dtype)  # noqa: E731
-    x = ddim_sample(
-        model_fn,
-        x,
-        alphas_cumprod(sched_cfg),
-        ddim_timesteps(sched_cfg, num_inference_steps),
-        sched_cfg.prediction_type,
-        guidance_scale=guidance_scale,
-        cfg_img=cfg_img,
-        guidance_rescale=guidance_rescale,
-        eta=eta,
-        x0_scale=scale,
-        step_noise=noise_fn,
-    )
+    gates = contextlib.nullcontext()
+    if float(gate_scale) != 1.0:
+        from i2vlab.models.dynamicrafter import scaled_gates
+
+        gates = scaled_gates(pipe.unet, float(gate_scale), gate_layers)
+    with gates:
+        x = ddim_sample(
+            model_fn,
+            x,
+            alphas_cumprod(sched_cfg),
+            ddim_timesteps(sched_cfg, num_inference_steps),
+            sched_cfg.prediction_type,
+            guidance_scale=guidance_scale,
+            cfg_img=cfg_img,
+            guidance_rescale=guidance_rescale,
+            eta=eta,
+            x0_scale=scale,
+            step_noise=noise_fn,
+        )
     if return_latents:
         return x
     return pipe.decode_latents(x)
@@ -275,6 +293,10 @@ class DynamiCrafterPipeline(VideoPipeline):
         interp_mode: two-keyframe interpolation (concat = first and last latents, CLIP sees frame 0).
         use_dynamic_rescale, base_scale, turning_step: the 512/1024 dynamic latent rescale.
         clip_image_size: CLIP input size (224).
+        context_stream: the context stream (CLIP tokens through the context learner, appended to the
+            text tokens); false: text tokens only (paper Table 3 "w/o ctx").
+        image_tokens: what the context learner reads: ``all`` last-layer CLIP tokens (the paper) or
+            ``global``, the class token alone (Table 3 "Ours_G").
     """
 
     components: ClassVar[tuple[str, ...]] = (*VideoPipeline.components, "image_encoder", "image_proj_model")
@@ -289,9 +311,14 @@ class DynamiCrafterPipeline(VideoPipeline):
         base_scale: float = 0.7,
         turning_step: int = 400,
         clip_image_size: int = 224,
+        context_stream: bool = True,
+        image_tokens: str = "all",
         **kwargs: Any,
     ) -> None:
         from i2vlab.models.dynamicrafter import DualCrossAttnProcessor, DynamiCrafterUNet3DModel
+
+        if image_tokens not in ("all", "global"):
+            raise ValueError(f"method.image_tokens must be all or global, got {image_tokens!r}")
 
         super().__init__(unet=unet, **kwargs)
         if self.noise_scheduler is not None:  # LVDM's schedule tables (float64, not diffusers' float32)
@@ -301,6 +328,7 @@ class DynamiCrafterPipeline(VideoPipeline):
         self.use_dynamic_rescale = bool(use_dynamic_rescale)
         self.base_scale, self.turning_step = float(base_scale), int(turning_step)
         self.clip_image_size = int(clip_image_size)
+        self.context_stream, self.image_tokens = bool(context_stream), image_tokens
         self.is_3d = isinstance(unet, DynamiCrafterUNet3DModel)
         self.latent_channels = int(unet.config.out_channels)
         self.vdg = int(unet.config.in_channels) == 2 * self.latent_channels
@@ -320,12 +348,18 @@ class DynamiCrafterPipeline(VideoPipeline):
         return int(self.image_proj_model.config.num_queries)
 
     def image_context(self, images: torch.Tensor) -> torch.Tensor:
-        """Conditioning images (b c h w, [-1, 1]) -> image tokens (b, f*n, d) from the context learner."""
+        """Conditioning images (b c h w, [-1, 1]) -> image tokens (b, f*n, d) from the context learner;
+        (b, 0, d) without the context stream."""
         from i2vlab.models.dynamicrafter import clip_preprocess
 
+        if not self.context_stream:
+            d = int(self.unet.config.cross_attention_dim)
+            return torch.zeros(images.shape[0], 0, d, device=images.device, dtype=images.dtype)
         with torch.no_grad():
             pix = clip_preprocess(images, self.clip_image_size).to(self.image_encoder.dtype)
             tokens = self.image_encoder(pixel_values=pix).last_hidden_state  # all tokens, before ln_post
+        if self.image_tokens == "global":
+            tokens = tokens[:, :1]  # the class token (f_cls) only
         return self.image_proj_model(tokens.to(self.image_proj_model.dtype))
 
     def concat_latents(

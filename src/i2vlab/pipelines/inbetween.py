@@ -8,7 +8,9 @@ Inbetweening, with TRF and optical flow as baselines (:mod:`i2vlab.pipelines.inb
   ``linspace(1, 0)``), each path with its own CFG (uncond = zero CLIP embedding + zero image
   latent; scale ``(linspace(1, 3, F) + reversed) / 2``). Noise re-injection: after each of the
   first ``noise_injection_ratio`` of the steps, ``noise_injection_steps`` times re-noise back to σ_i
-  and redo the step (:func:`i2vlab.diffusion.edm.euler_with_reinjection`).
+  and redo the step (:func:`i2vlab.diffusion.edm.euler_with_reinjection`). ``backward``:
+  ``finetuned`` (the method) or ``rotated_base`` (the paper's "w/o FT" ablation: the unmodified
+  forward UNet with rotated maps in ``rotate_blocks``, the paper's ``[up]``, as the backward path).
 - :func:`sample_trf` (Time Reversal Fusion, Feng et al. 2024, ``method=trf``): the unmodified SVD in
   both directions; the two Euler-stepped latents are blended after each step with per-frame linear
   weights (forward 1 -> 0, backward 0 -> 1); per-frame CFG 1 -> 3 per path; RePaint-style jumps back
@@ -63,6 +65,8 @@ def sample_inbetween(
     weighted_average: bool = False,
     noise_injection_steps: int = 5,
     noise_injection_ratio: float = 0.5,
+    backward: str = "finetuned",
+    rotate_blocks: Sequence[str] | None = ("up",),
     seed: int = 0,
     latents: torch.Tensor | None = None,
     forward_unet=None,
@@ -73,7 +77,9 @@ def sample_inbetween(
     return_latents: bool = False,
 ) -> torch.Tensor:
     """Bidirectional fused sampling. ``forward_unet`` defaults to ``module.ref_unet`` (frozen SVD,
-    records maps), ``backward_unet`` to ``module.unet`` (fine-tuned, rotated maps); ``latents``:
+    records maps), ``backward_unet`` to ``module.unet`` (fine-tuned, rotated maps) or, with
+    ``backward="rotated_base"``, to the frozen SVD with rotated maps in ``rotate_blocks`` only
+    (``down`` / ``mid`` / ``up``; all when None); ``latents``:
     initial unit noise (b f c h w); ``noise_sampler``: re-injection noise (default: seeded Gaussian);
     ``cond_noise``: the keyframes' augmentation noise (b c h w; default: seeded Gaussian);
     ``step_callback(i, z)``: sees the latents after each step. Computed in float32 (float64 for
@@ -81,7 +87,14 @@ def sample_inbetween(
     ``return_latents``."""
     _check_keyframes(first, last, module)
     fwd = forward_unet if forward_unet is not None else module.ref_unet
-    bwd = backward_unet if backward_unet is not None else module.unet
+    if backward not in ("finetuned", "rotated_base"):
+        raise ValueError(f"backward must be finetuned or rotated_base, got {backward!r}")
+    if backward_unet is not None:
+        bwd = backward_unet
+    elif backward == "rotated_base":
+        bwd = module.rotated_base_unet(rotate_blocks)
+    else:
+        bwd = module.unet
     device, b, dt = first.device, first.shape[0], work_dtype(first.dtype)
     g = torch.Generator(device=device).manual_seed(int(seed))
     cfg = max_guidance_scale > 1.0
@@ -126,7 +139,10 @@ class InbetweenPipeline(SVDPipeline):
     taken at construction) records its temporal self-attention maps; the fine-tuned ``unet`` uses
     them rotated 180° (:mod:`i2vlab.models.attention_control`). ``__call__`` interpolates two
     keyframes with ``method`` ``ours`` (:func:`sample_inbetween`), ``trf`` or ``flow``.
-    Arguments: :class:`~i2vlab.pipelines.svd.SVDPipeline`'s."""
+
+    Arguments: :class:`~i2vlab.pipelines.svd.SVDPipeline`'s, and ``attention_rotation``: the
+    fine-tuned UNet's temporal self-attention uses the rotated maps (the method); false: its own
+    attention (the paper's "w/o RA" ablation, fine-tuned without rotation)."""
 
     components: ClassVar[tuple[str, ...]] = (*SVDPipeline.components, "ref_unet")
     default_sampling: ClassVar[dict[str, Any]] = {"method": "ours"}
@@ -137,7 +153,7 @@ class InbetweenPipeline(SVDPipeline):
         "flow": flow_interpolate,
     }
 
-    def __init__(self, unet: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, unet: Any, *args: Any, attention_rotation: bool = True, **kwargs: Any) -> None:
         from i2vlab.models.attention_control import (
             AttentionStore,
             install_flip_processors,
@@ -149,7 +165,22 @@ class InbetweenPipeline(SVDPipeline):
         self.ref_unet.requires_grad_(False)
         self.attention_store = AttentionStore()
         self.controlled_layers = install_store_processors(self.ref_unet, self.attention_store)
-        install_flip_processors(self.unet, self.attention_store, self.controlled_layers)
+        self.attention_rotation = bool(attention_rotation)
+        if self.attention_rotation:
+            install_flip_processors(self.unet, self.attention_store, self.controlled_layers)
+        self._rotated_base: dict[tuple, Any] = {}  # not a component: shares ref_unet's weights
+
+    def rotated_base_unet(self, blocks: Sequence[str] | None = ("up",)):
+        """The frozen forward UNet's weights with rotated maps in ``blocks`` (built once per choice;
+        no weights are copied)."""
+        from i2vlab.models.attention_control import rotated_view
+
+        key = tuple(blocks) if blocks is not None else None
+        if key not in self._rotated_base:
+            self._rotated_base[key] = rotated_view(
+                self.ref_unet, self.attention_store, self.controlled_layers, key
+            )
+        return self._rotated_base[key]
 
     @torch.no_grad()
     def __call__(

@@ -17,9 +17,11 @@ import torch
 
 from i2vlab.models.dynamicrafter.attention import (
     DualCrossAttnProcessor,
+    dual_cross_attention_layers,
     gate_values,
     gates_from_state_dict,
     install_dual_cross_attention,
+    scaled_gates,
 )
 from i2vlab.models.dynamicrafter.convert import (
     convert_resampler_state_dict,
@@ -39,10 +41,12 @@ __all__ = [
     "build_t2i_unet",
     "build_unet3d",
     "clip_preprocess",
+    "dual_cross_attention_layers",
     "frame_context",
     "gate_values",
     "gates_from_state_dict",
     "install_dual_cross_attention",
+    "scaled_gates",
 ]
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ shared query::
     out = to_out( Attn(Q, K_txt, V_txt) + s * lambda * Attn(Q, K_img, V_img) ),  lambda = tanh(alpha) + 1
 
 ``alpha`` is a per-layer scalar initialised to 0 (lambda = 1) and exists only when the gate is
-learnable (the official 256 config); otherwise lambda is 1. The context is ``[text ; image]`` along
+learnable (the official 256 config); otherwise lambda is 1. ``gate_multiplier`` (a plain float, not a
+weight; 1 by default) scales lambda at inference: the paper's Figure 2 study of raising or lowering
+lambda in chosen layers (:func:`scaled_gates`). The context is ``[text ; image]`` along
 the token axis: the first ``text_context_len`` tokens are text, the rest image tokens (reference:
 ``lvdm/modules/attention.py`` ``CrossAttention`` in Doubiiu/DynamiCrafter).
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +63,7 @@ class DualCrossAttnProcessor(nn.Module):
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         if self.scale_learnable:
             self.alpha = nn.Parameter(torch.zeros(()))
+        self.gate_multiplier = 1.0  # inference-time scale of lambda (Figure 2 study); not a weight
 
     def gate(self) -> torch.Tensor:
         """lambda = tanh(alpha) + 1 (a constant 1 when the gate is not learnable)."""
@@ -100,7 +105,10 @@ class DualCrossAttnProcessor(nn.Module):
         out = self._attend(attn, q, attn.to_k(text), attn.to_v(text), mask_txt)
         if image.shape[1] > 0:
             out_ip = self._attend(attn, q, self.to_k_ip(image), self.to_v_ip(image), mask_img)
-            out = out + self.scale * self.gate().to(out.dtype) * out_ip
+            gate = self.gate().to(out.dtype)
+            if self.gate_multiplier != 1.0:
+                gate = gate * self.gate_multiplier
+            out = out + self.scale * gate * out_ip
         out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
         if attn.residual_connection:
             out = out + residual
@@ -129,6 +137,36 @@ def install_dual_cross_attention(
             f"{type(unet).__name__} has no spatial cross-attention (attentions.N...attn2) to extend"
         )
     return names
+
+
+def dual_cross_attention_layers(module: nn.Module) -> list[DualCrossAttnProcessor]:
+    """The dual cross-attention processors of a UNet in forward order (down, mid, up blocks): the
+    order of the ``lambda/NN`` training logs and of ``scripts/plot_lambda.py`` (0-based)."""
+    named = [(n, m) for n, m in module.named_modules() if isinstance(m, DualCrossAttnProcessor)]
+    named.sort(key=lambda nm: layer_order_key(nm[0]))
+    return [m for _, m in named]
+
+
+@contextmanager
+def scaled_gates(module: nn.Module, scale: float = 1.0, layers: Sequence[int] | None = None):
+    """Multiply lambda of the chosen layers (0-based forward-order indices, all when ``None``) by
+    ``scale`` inside the ``with`` block, then restore it (DynamiCrafter Figure 2, right: raising lambda
+    in the middle layers suppresses motion, lowering it loses the object's shape)."""
+    procs = dual_cross_attention_layers(module)
+    chosen = range(len(procs)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in chosen if not 0 <= i < len(procs)]
+    if bad:
+        raise ValueError(
+            f"gate_layers {bad}: this UNet has {len(procs)} dual cross-attention layers (0-based)"
+        )
+    before = [p.gate_multiplier for p in procs]
+    try:
+        for i in chosen:
+            procs[i].gate_multiplier = before[i] * float(scale)
+        yield procs
+    finally:
+        for p, b in zip(procs, before):
+            p.gate_multiplier = b
 
 
 def gate_values(module: nn.Module) -> OrderedDict[str, float]:
