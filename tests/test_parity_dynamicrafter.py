@@ -351,7 +351,9 @@ def test_sampler_guard_last_step_rescale(monkeypatch):
     name = "sampler_512"
     steps = load_fixture(GROUP, name).meta["call"]["steps"]
     ts = pipe.ddim_timesteps(scheduler("512").config, steps)
-    step = pipe.ddim_step
+    from i2vlab.diffusion import ddim
+
+    step = ddim.ddim_step
     base = lvdm.dynamic_rescale_table(1000, 0.7, 400)
 
     def old_step(x, out, a_t, a_prev, eta, kind, rescale=1.0, noise=None):
@@ -359,7 +361,7 @@ def test_sampler_guard_last_step_rescale(monkeypatch):
             rescale = float(base[0] / base[ts[-1]])
         return step(x, out, a_t, a_prev, eta, kind, rescale, noise)
 
-    monkeypatch.setattr(pipe, "ddim_step", old_step)
+    monkeypatch.setattr(ddim, "ddim_step", old_step)
     out, ref = run_sampler(name)
     assert rel_err(out, ref) > 1e-3
 
