@@ -131,20 +131,15 @@ def test_toy_ablation_runs_evaluated_then_tabulated_with_a_gallery(tmp_path, toy
         )
         lines.append(f"case{i},a shape moving {i},i{i}.png")
     (tmp_path / "cases.csv").write_text("\n".join(lines) + "\n")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        base = OmegaConf.to_container(
-            compose("evaluate", overrides=["eval=dynamicrafter_ablation"]).eval, resolve=True
-        )
-        smoke = OmegaConf.to_container(compose("evaluate", overrides=["eval=smoke"]).eval, resolve=True)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # the documented toy protocol
+        base = compose("evaluate", overrides=["eval=toy_dynamicrafter_ablation"]).eval
+        base = OmegaConf.to_container(base, resolve=True)
     evals = []
     for name, run in runs.items():
-        cfg = {**base, "allow_random_weights": True, "cache_dir": None, "plots": False, "num_frames": 8,
-               "resolution": [32, 32], "real_frame_stride": 1, "condition_image": "manifest",
-               "real": str(toy_data / "toy" / "val"), "output_dir": str(tmp_path / f"eval_{name}"),
-               "extractors": {**base["extractors"], "i3d": smoke["extractors"]["i3d"],
-                              "dreamsim": smoke["extractors"]["dreamsim"]},
-               "generate": {**base["generate"], "checkpoint": str(run), "prompts": str(tmp_path / "cases.csv"),
-                            "num_frames": 8, "kwargs": {"num_inference_steps": 2}}}  # fmt: skip
+        gen = {**base["generate"], "checkpoint": str(run), "prompts": str(tmp_path / "cases.csv")}
+        cfg = {**base, "real": str(toy_data / "toy" / "val"), "cache_dir": None, "plots": False,
+               "output_dir": str(tmp_path / f"eval_{name}"), "generate": gen}  # fmt: skip
+        cfg["generate"]["kwargs"] = {"num_inference_steps": 2}
         Evaluator(cfg).run()
         evals.append(tmp_path / f"eval_{name}")
     out = tmp_path / "tables"
