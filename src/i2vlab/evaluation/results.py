@@ -20,6 +20,7 @@ class Tally:
     rows: list[dict] = field(default_factory=list)
     skips: dict = field(default_factory=lambda: {"generated": Counter(), "real": Counter()})
     partial: Counter = field(default_factory=Counter)  # scored videos some metric could not use
+    metric_notes: Counter = field(default_factory=Counter)  # (metric, reason) -> videos
     examples: dict = field(default_factory=lambda: defaultdict(list))
     curves: dict = field(default_factory=dict)  # metric -> [sum of per-frame values, count]
     image_sources: Counter = field(default_factory=Counter)
@@ -44,6 +45,7 @@ class Tally:
             for role in out.skips:
                 out.skips[role].update(t.skips[role])
             out.partial.update(t.partial)
+            out.metric_notes.update(t.metric_notes)
             for k, v in t.examples.items():
                 out.examples[k].extend(v)
             for m, (s, n) in t.curves.items():
@@ -58,7 +60,7 @@ class Tally:
         return out
 
 
-def compute_values(metrics: dict, cfg: dict, not_computed: dict) -> dict:
+def compute_values(metrics: dict, cfg: dict, not_computed: dict, tally: Tally) -> dict:
     values: dict = {}
     for m in cfg["metrics"]:
         if m in not_computed:
@@ -66,9 +68,15 @@ def compute_values(metrics: dict, cfg: dict, not_computed: dict) -> dict:
             continue
         metric = metrics[m]
         try:
+            if metric.update_count == 0 and rank_world()[1] == 1:  # (all ranks must call compute: it syncs)
+                raise ValueError(f"{m}: no video was scored")
             v = metric.compute()
         except ValueError as e:
-            values[m] = {"value": None, "error": str(e)}
+            why = {r: n for (mm, r), n in tally.metric_notes.items() if mm == m}
+            hint = (
+                f" (videos it could not use: {', '.join(f'{r}: {n}' for r, n in why.items())})" if why else ""
+            )
+            values[m] = {"value": None, "error": f"{e}{hint}"}
             continue
         fmt = METRICS[m].result
         values[m] = fmt(metric, v, cfg) if fmt else {"value": float(v), "n": int(metric.count)}
