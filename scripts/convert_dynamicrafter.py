@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument(
         "--to-official", action="store_true", help="converted folder -> official model.ckpt layout"
     )
+    ap.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of a .ckpt that holds Python objects besides tensors; unpickling "
+        "runs code stored in the file, so only for a file from a source you trust",
+    )
     a = ap.parse_args(argv)
     out = Path(a.out)
     if a.to_official:
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"wrote {out} ({len(sd)} tensors)")
         return out
     ucfg, rcfg = backbone_configs(a.backbone, a.in_channels)
-    official = load_official_checkpoint(a.ckpt)
+    official = load_official_checkpoint(a.ckpt, trust=a.trust_checkpoint)
     unet = DynamiCrafterUNet3DModel(**ucfg)
     missing, unexpected = unet.load_state_dict(convert_unet_state_dict(official, unet.config), strict=False)
     if unexpected:

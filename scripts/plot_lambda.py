@@ -18,26 +18,29 @@ import torch
 from i2vlab.models.dynamicrafter import gates_from_state_dict
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     if path.is_dir():
         cands = [path / "export" / "trainable.safetensors", path / "checkpoints" / "last.ckpt"]
         path = next((c for c in cands if c.is_file()), None)
         if path is None:
             raise SystemExit(f"no export/trainable.safetensors or checkpoints/last.ckpt under {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from i2vlab.utils.safe_load import load_weights
 
-        return load_file(str(path))
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    return ckpt.get("state_dict", ckpt)
+    ckpt = load_weights(path, what="weights", trust=trust)
+    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", help="export .safetensors, .ckpt (ours or official), or run directory")
     ap.add_argument("--out", default="lambda.png")
+    ap.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of a .ckpt holding Python objects (runs code stored in the file)",
+    )
     a = ap.parse_args(argv)
-    tensors = load_tensors(Path(a.weights))
+    tensors = load_tensors(Path(a.weights), trust=a.trust_checkpoint)
     tensors = {
         k.replace("attn2.alpha", "attn2.processor.alpha"): v for k, v in tensors.items()
     }  # official names

@@ -189,6 +189,41 @@ def test_crafted_pickles_never_run_through_any_loading_entry_point(trained, tmp_
     assert not marker.exists()
 
 
+def test_crafted_official_checkpoints_never_run_code_unless_trusted(tmp_path):
+    """DynamiCrafter's official-checkpoint loader (backbone builders, convert script) and the gate
+    plot read pickles with the safe loader; only the explicit trust switch unpickles objects."""
+    from i2vlab.models.dynamicrafter import build_resampler, load_official_checkpoint
+
+    marker = tmp_path / "PWNED"
+    weights = {
+        "state_dict": {
+            "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.alpha": torch.ones(1)
+        }
+    }
+    evil = tmp_path / "model.ckpt"
+    torch.save({**weights, "payload": _Marker(marker)}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="backbone.trust_checkpoint=true"):
+        load_official_checkpoint(str(evil))
+    with pytest.raises(UnsafeCheckpointError):
+        build_resampler("backbone.image_proj_model", {}, pretrained=str(evil))
+    for script, args in [
+        ("scripts/convert_dynamicrafter.py", ["--ckpt", str(evil), "--out", str(tmp_path / "conv")]),
+        ("scripts/plot_lambda.py", [str(evil), "--out", str(tmp_path / "lambda.png")]),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode != 0 and "holds Python objects" in proc.stderr, (script, proc.stderr[-2000:])
+        assert not marker.exists(), script
+    assert not (tmp_path / "conv").exists() and not (tmp_path / "lambda.png").exists()
+    # a file of tensors only loads without trust, and the trust switch does what it says
+    plain = tmp_path / "plain.ckpt"
+    torch.save(weights, plain)
+    assert list(load_official_checkpoint(str(plain))) == list(weights["state_dict"])
+    out = load_official_checkpoint(str(evil), trust=True)
+    assert marker.exists() and list(out) == list(weights["state_dict"])
+
+
 # -- keys that become paths --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "key", ["../escaped", "../../x", "/abs/path", "a/../../b", "~/home", "", "..", "a\x00b"]

@@ -79,11 +79,12 @@ def _load_converted(model: torch.nn.Module, tensors: dict[str, torch.Tensor], na
 
 
 def build_unet3d(
-    name: str, config: Mapping[str, Any], pretrained: str | None = None
+    name: str, config: Mapping[str, Any], pretrained: str | None = None, trust_checkpoint: bool = False
 ) -> DynamiCrafterUNet3DModel:
     """The DynamiCrafter / VideoCrafter 3D UNet from ``config`` and, unless on meta, ``pretrained``
     (official ``model.ckpt`` of DynamiCrafter or VideoCrafter2, or a diffusers folder). A 4-channel
-    conv_in in the weights is widened to ``config.in_channels`` with zero new channels."""
+    conv_in in the weights is widened to ``config.in_channels`` with zero new channels.
+    ``trust_checkpoint`` allows a ``.ckpt`` that needs full unpickling (it can run code)."""
     config = dict(to_plain(config) or {})
     if on_meta() or pretrained is None:
         return DynamiCrafterUNet3DModel(**config)
@@ -92,12 +93,17 @@ def build_unet3d(
         return load_or_build(DynamiCrafterUNet3DModel, name, pretrained=pretrained, published=PUBLISHED)
     model = DynamiCrafterUNet3DModel(**config)
     _load_converted(
-        model, convert_unet_state_dict(load_official_checkpoint(pretrained), model.config), name, pretrained
+        model,
+        convert_unet_state_dict(load_official_checkpoint(pretrained, trust_checkpoint), model.config),
+        name,
+        pretrained,
     )
     return model
 
 
-def build_resampler(name: str, config: Mapping[str, Any], pretrained: str | None = None) -> Resampler:
+def build_resampler(
+    name: str, config: Mapping[str, Any], pretrained: str | None = None, trust_checkpoint: bool = False
+) -> Resampler:
     """The context learner from ``config`` and ``pretrained`` (official ``model.ckpt``, its
     ``image_proj_model.*`` part, or a diffusers folder); random init when ``pretrained`` is null."""
     config = dict(to_plain(config) or {})
@@ -107,7 +113,7 @@ def build_resampler(name: str, config: Mapping[str, Any], pretrained: str | None
     if not _is_checkpoint_file(pretrained):
         return load_or_build(Resampler, name, pretrained=pretrained, published=PUBLISHED)
     model = Resampler(**config)
-    tensors = convert_resampler_state_dict(load_official_checkpoint(pretrained))
+    tensors = convert_resampler_state_dict(load_official_checkpoint(pretrained, trust_checkpoint))
     if not tensors:
         raise WeightsNotFoundError(
             f"{name}: {pretrained} holds no image_proj_model.* weights (a T2V checkpoint?); "

@@ -248,11 +248,23 @@ def widen_conv_in(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return out
 
 
-def load_official_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """Read an official ``.ckpt`` (Lightning, ``state_dict`` inside) or ``.safetensors`` file."""
+def load_official_checkpoint(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read an official ``.ckpt`` (Lightning, ``state_dict`` inside) or ``.safetensors`` file.
+
+    Pickles are read with ``torch.load(weights_only=True)``: a file that holds Python objects besides
+    tensors (e.g. hyper-parameters saved as OmegaConf objects) is refused with
+    :class:`~i2vlab.utils.safe_load.UnsafeCheckpointError` unless ``trust=True``
+    (``backbone.trust_checkpoint=true`` / ``--trust-checkpoint``), since unpickling runs code stored
+    in the file. A checkpoint that holds only tensors, strings and numbers loads without it."""
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    from i2vlab.utils.safe_load import load_torch_file
+
+    ckpt = load_torch_file(
+        path, what="DynamiCrafter checkpoint", trust=trust, trust_flag="backbone.trust_checkpoint=true"
+    )
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"DynamiCrafter checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
     return ckpt.get("state_dict", ckpt)
