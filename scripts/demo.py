@@ -13,7 +13,7 @@ What it does, printing where everything goes:
    ``python train.py experiment=demo_<method> hydra.run.dir=<out>/<method>/train``
    (I2V-Adapter: the first-frame branch; DynamiCrafter: the stage-3 selection; Generative
    Inbetweening: the temporal value / output projections);
-4. samples from each fine-tuned run (``i2vlab.sampling.load_method``, the API ``scripts/sample.py``
+4. samples from each fine-tuned run (``i2vlab.pipelines.load_pipeline``, the API ``scripts/sample.py``
    uses), conditioned on the toy validation clips: their first frame (I2V-Adapter, DynamiCrafter) or
    their first and last frames (Inbetweening, clips at double rate); each video as mp4 with a
    contact sheet PNG beside it (row 1: the real clip, row 2: the sample);
@@ -112,7 +112,7 @@ def vae_psnr(vae_dir: str | Path, clips: list[dict]) -> float:
 
 
 @torch.no_grad()
-def sample_method(module, name: str, clips: list[dict], seed: int, steps: int | None) -> list[torch.Tensor]:
+def sample_method(pipe, name: str, clips: list[dict], seed: int, steps: int | None) -> list[torch.Tensor]:
     """One video (f c h w in [-1, 1]) per clip: conditioned on its first frame (and, for Inbetweening,
     its last frame), with the clip's caption; seed ``seed + i`` for clip i."""
     out = []
@@ -120,7 +120,7 @@ def sample_method(module, name: str, clips: list[dict], seed: int, steps: int | 
     for i, c in enumerate(clips):
         v = c["video"]
         extra = {"last_images": v[-1:]} if name == "inbetween" else {}
-        video = module.sample(
+        video = pipe(
             [c["caption"]], images=v[:1], num_frames=v.shape[0], seed=seed + i, **kw, **extra
         )
         out.append(video[0].float().cpu())
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["fine-tune (3 runs in parallel)"] = time.perf_counter() - t0
 
     # 4. + 5. sampling and numbers
-    from i2vlab.sampling import load_method
+    from i2vlab.pipelines import load_pipeline
     from i2vlab.utils.contact_sheet import contact_sheet
     from i2vlab.utils.video_io import write_video
 
@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     written: dict[str, list[str]] = {}
     for m in METHODS:
         t0 = time.perf_counter()
-        module = load_method(out / m / "train", device="cpu")
-        videos = sample_method(module, m, clips[m], a.seed, a.sample_steps)
-        del module
+        pipe = load_pipeline(out / m / "train", device="cpu")
+        videos = sample_method(pipe, m, clips[m], a.seed, a.sample_steps)
+        del pipe
         timings[f"sample {TITLES[m]}"] = time.perf_counter() - t0
         numbers[m] = method_numbers(m, clips[m], videos)
         sdir = out / m / "samples"

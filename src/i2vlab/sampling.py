@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from i2vlab.pipelines.loading import find_run_config, run_dir_of, weights_for
+from i2vlab.pipelines.loading import find_run_config, resolve_run
 from i2vlab.training import instantiate_model
 
 __all__ = ["find_run_config", "load_method"]
@@ -28,16 +27,9 @@ def load_method(
     and load its trained weights (safe loaders only)."""
     from i2vlab.utils.safe_load import load_torch_file
 
-    cfg = find_run_config(path)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    OmegaConf.set_struct(cfg, False)
-    if "paths" in cfg:  # the saved config refers to Hydra's runtime, absent here
-        cfg.paths.output_dir = str(run_dir_of(path))
+    cfg, weights = resolve_run(path, overrides or (), use_ema)
     torch.manual_seed(int(cfg.get("seed", 0)))  # random-init frozen parts are rebuilt as in training
     module = instantiate_model(cfg)
-    frozen_in_ckpt = bool(OmegaConf.select(cfg, "method.checkpoint_frozen", default=False))
-    weights = weights_for(path, use_ema, frozen_in_ckpt)
     if weights.suffix == ".safetensors":
         module.load_trainable(weights)
     else:

@@ -64,6 +64,21 @@ def weights_for(path: str | Path, use_ema: bool = False, frozen_in_ckpt: bool = 
     raise FileNotFoundError(f"{path}: no export/trainable.safetensors or checkpoints/last.ckpt")
 
 
+def resolve_run(
+    path: str | Path, overrides: Sequence[str] = (), use_ema: bool = False
+) -> tuple[DictConfig, Path]:
+    """A trained run's saved config (``overrides`` in Hydra dot-list form applied on top; output paths
+    pointed at the run) and the weights file to load (export, EMA export or checkpoint)."""
+    cfg = find_run_config(path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    OmegaConf.set_struct(cfg, False)
+    if "paths" in cfg:  # the saved config refers to Hydra's runtime, absent here
+        cfg.paths.output_dir = str(run_dir_of(path))
+    frozen_in_ckpt = bool(OmegaConf.select(cfg, "method.checkpoint_frozen", default=False))
+    return cfg, weights_for(path, use_ema, frozen_in_ckpt)
+
+
 def pipeline_class(cfg: DictConfig) -> type[VideoPipeline]:
     from i2vlab.models.loading import import_object
     from i2vlab.pipelines import PIPELINES
@@ -111,17 +126,10 @@ def load_pipeline(
     on another machine)."""
     from i2vlab.utils.safe_load import load_weights
 
-    cfg = find_run_config(path)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    OmegaConf.set_struct(cfg, False)
-    if "paths" in cfg:  # the saved config refers to Hydra's runtime, absent here
-        cfg.paths.output_dir = str(run_dir_of(path))
+    cfg, weights = resolve_run(path, overrides, use_ema)
     cls = pipeline_class(cfg)
     torch.manual_seed(int(cfg.get("seed", 0)))  # random-init frozen parts are rebuilt as in training
     pipe = build_from_config(cls, cfg)
-    frozen_in_ckpt = bool(OmegaConf.select(cfg, "method.checkpoint_frozen", default=False))
-    weights = weights_for(path, use_ema, frozen_in_ckpt)
     tensors = load_weights(weights, what="trained weights", trust_flag=None)
     if isinstance(tensors, dict) and "state_dict" in tensors:
         tensors = tensors["state_dict"]
