@@ -352,13 +352,33 @@ def test_frame0_stays_clean_at_every_sampling_step(module, fsp):
 
 
 def test_color_match_changes_only_ab_statistics(module):
+    """Frame 0 is untouched; in every later frame the lightness L (CIELAB) is kept (up to the uint8
+    round trip) while the a/b statistics move onto frame 0's."""
+    import cv2
+    import numpy as np
+
     from i2vlab.pipelines.i2v_adapter import color_match
 
-    v = torch.rand(3, 3, 32, 32) * 2 - 1
-    v[1:, 0] = v[1:, 0] * 0.3 + 0.6  # reddish frames
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    v[1:, 0] = v[1:, 0] * 0.3 + 0.6  # reddish later frames
     out = color_match(v)
+
+    def lab(x):
+        u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2LAB).astype(np.float64) for f in u8])
+
+    before, after = lab(v), lab(out)
     assert torch.allclose(out[0], v[0], atol=1 / 127)
-    assert (out[1:, 0].mean() - v[0, 0].mean()).abs() < (v[1:, 0].mean() - v[0, 0].mean()).abs()
+    # L kept: per-pixel lightness moves by at most the rounding of the LAB -> RGB -> LAB round trip
+    dl = np.abs(after[1:, ..., 0] - before[1:, ..., 0])
+    assert dl.mean() < 1.5 and np.abs(after[1:, ..., 0].mean() - before[1:, ..., 0].mean()) < 1.0
+    for ch in (1, 2):  # a/b: the gap to frame 0's mean and spread shrinks at least by half
+        ref_mean, ref_std = before[0, ..., ch].mean(), before[0, ..., ch].std()
+        for f in (1, 2):
+            gap_before = abs(before[f, ..., ch].mean() - ref_mean) + abs(before[f, ..., ch].std() - ref_std)
+            gap_after = abs(after[f, ..., ch].mean() - ref_mean) + abs(after[f, ..., ch].std() - ref_std)
+            assert gap_after < 0.5 * gap_before, (ch, f, gap_before, gap_after)
 
 
 # ----------------------------------------------------------------------------------------------

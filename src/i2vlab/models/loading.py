@@ -80,6 +80,8 @@ def load_or_build(
     if on_meta() or pretrained is None:
         if not config and pretrained is None:
             raise ValueError(f"{name}: give either `pretrained` (weights) or `config` (architecture)")
+        if not config:  # on meta with weights and no config: the architecture of the saved model
+            return _from_saved_config(klass, name, pretrained, subfolder)
         if config_class is not None:
             return klass(import_object(config_class)(**config))
         return klass(**config)
@@ -92,4 +94,20 @@ def load_or_build(
         raise WeightsNotFoundError(
             f"{name}: could not load {klass.__name__} from {pretrained!r}{f' (subfolder {subfolder!r})' if subfolder else ''}: {e}. "
             f"Point `{name}.pretrained` at a local copy; this machine may not reach the hub.{where}"
+        ) from e
+
+
+def _from_saved_config(klass: type, name: str, pretrained: str, subfolder: str | None) -> Any:
+    """``klass`` built (no weights read) from the config saved beside ``pretrained``'s weights:
+    a diffusers ``ModelMixin`` (``load_config`` / ``from_config``) or a transformers model
+    (its ``config_class``)."""
+    sub = {"subfolder": subfolder} if subfolder else {}
+    try:
+        if hasattr(klass, "load_config") and hasattr(klass, "from_config"):
+            return klass.from_config(klass.load_config(pretrained, **sub))
+        return klass(klass.config_class.from_pretrained(pretrained, **sub))
+    except (OSError, ValueError) as e:
+        raise WeightsNotFoundError(
+            f"{name}: building {klass.__name__} on the meta device needs its config: none given in "
+            f"`{name}.config` and none readable from {pretrained!r} ({e})"
         ) from e
