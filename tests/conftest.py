@@ -36,6 +36,16 @@ def with_tests_on_path(env: dict | None = None) -> dict:
     return full
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs on one torch thread (also bitwise-reproducible CPU reductions) and gives the
+    thread count back, whatever a test or a library it calls set."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

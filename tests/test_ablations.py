@@ -26,14 +26,6 @@ SIZE_KEYS = {"method.sampling.gate_layers"}
 IGNORED = ("task_name", "tags", "hydra.", "ablation.", "init_from")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def twin(recipe: str) -> str:
     head, name = recipe.rsplit("/", 1)
     return f"{head}/toy_{name}"

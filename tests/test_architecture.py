@@ -14,7 +14,14 @@ from conftest import ROOT
 SRC = ROOT / "src" / "i2vlab"
 #: packages that must import neither Lightning nor the methods (nor the training glue)
 LOWER = ("pipelines", "models", "diffusion", "evaluation", "metrics")
-FORBIDDEN = ("pytorch_lightning", "lightning", "lightning_fabric", "i2vlab.methods", "i2vlab.training", "i2vlab.sampling")
+FORBIDDEN = (
+    "pytorch_lightning",
+    "lightning",
+    "lightning_fabric",
+    "i2vlab.methods",
+    "i2vlab.training",
+    "i2vlab.sampling",
+)
 
 
 def _imports(path: Path) -> set[str]:
@@ -39,7 +46,9 @@ def test_lower_layers_import_neither_lightning_nor_methods(package):
 
 
 def test_no_source_file_over_400_lines():
-    long = {str(f.relative_to(SRC)): n for f in SRC.rglob("*.py") if (n := len(f.read_text().splitlines())) > 400}
+    long = {
+        str(f.relative_to(SRC)): n for f in SRC.rglob("*.py") if (n := len(f.read_text().splitlines())) > 400
+    }
     assert not long, long
 
 

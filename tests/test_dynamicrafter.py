@@ -27,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPORAL = re.compile(r"unet\.(transformer_in|.*temp_convs|.*temp_attentions)\..*")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared CPUs are oversubscribed: more threads are far slower
-    yield
-    torch.set_num_threads(n)
-
-
 def build(experiment: str, tmp_path: Path, *extra: str) -> DynamiCrafter:
     torch.manual_seed(0)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -28,15 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 F = 4  # frames in these tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared, oversubscribed CPU: one intra-op thread is ~100x faster than spinning many."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def compose_cfg(tmp: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(

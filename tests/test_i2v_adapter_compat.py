@@ -18,15 +18,6 @@ F = 4
 KW = {"num_frames": F, "seed": 3, "num_inference_steps": 2, "color_match_frames": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared, oversubscribed CPU: one intra-op thread is ~100x faster than spinning many."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(tmp: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(

@@ -42,14 +42,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_scopes_compute_groupnorm_over_the_clip_or_the_frame():
     g = torch.Generator().manual_seed(0)
     norm = nn.GroupNorm(4, 8)

@@ -50,14 +50,6 @@ def _common():
 COMMON = _common()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 _CACHE: dict = {}
 
 

@@ -35,14 +35,6 @@ from i2vlab.pipelines.i2v_adapter import initial_latents, sample_i2v
 GROUP = "i2v_adapter"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def unet_fx():
     return load_fixture(GROUP, "unet")

@@ -199,16 +199,7 @@ def _trainable(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.fixture
-def one_thread():
-    """Bitwise-reproducible CPU kernels (multi-threaded reductions may reorder float sums)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, toy_data, one_thread):
+def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, toy_data):
     """Stop after 3 steps, resume with ckpt_path=last to 6: same weights as an uninterrupted 6-step run."""
     common = [
         "experiment=smoke",
@@ -245,7 +236,7 @@ def test_resume_continues_from_step_n_with_the_same_optimizer_state(tmp_path, to
 
 
 @pytest.mark.slow
-def test_run_killed_with_sigkill_resumes_on_the_same_trajectory(tmp_path, toy_data, one_thread):
+def test_run_killed_with_sigkill_resumes_on_the_same_trajectory(tmp_path, toy_data):
     """SIGKILL a training process when step 4 begins; ckpt_path=last continues from step 3 and ends
     with the same weights as an uninterrupted run."""
     import subprocess
