@@ -62,7 +62,7 @@ def test_toy_i2v_adapter_keeps_frame0_and_moves(tmp_path, val_clips):
     d = _demo()
     module = _module("demo_i2v_adapter", tmp_path)
     clips = val_clips[1][:2]
-    videos = d.sample_method(module, "i2v_adapter", clips, seed=0, steps=None)
+    videos = d.sample_method(module.pipe, "i2v_adapter", clips, seed=0, steps=None)
     n = d.method_numbers("i2v_adapter", clips, videos)
     assert n["frame0_psnr"] >= 25.0, n
     assert n["flow"] > 0.5, n
@@ -106,7 +106,7 @@ def test_toy_dynamicrafter_keeps_frame0_and_moves(tmp_path, val_clips):
     d = _demo()
     module = _module("demo_dynamicrafter", tmp_path)
     clips = val_clips[1][:2]
-    videos = d.sample_method(module, "dynamicrafter", clips, seed=0, steps=None)
+    videos = d.sample_method(module.pipe, "dynamicrafter", clips, seed=0, steps=None)
     n = d.method_numbers("dynamicrafter", clips, videos)
     assert n["frame0_psnr"] >= 25.0, n
     assert n["flow"] > 0.5, n
@@ -120,7 +120,7 @@ def test_toy_inbetween_reproduces_both_keyframes(tmp_path, val_clips):
     module = _module("demo_inbetween", tmp_path)
     load_matching(module, ASSETS / "inbetween" / "trainable.safetensors")  # what init_from does
     clips = val_clips[2][:1]
-    videos = d.sample_method(module, "inbetween", clips, seed=0, steps=None)
+    videos = d.sample_method(module.pipe, "inbetween", clips, seed=0, steps=None)
     n = d.method_numbers("inbetween", clips, videos)
     assert n["frame0_psnr"] >= 25.0 and n["last_psnr"] >= 25.0, n
 
