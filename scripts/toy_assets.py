@@ -74,6 +74,11 @@ def save_module(module: torch.nn.Module, out: Path, dtype: torch.dtype) -> Path:
     if out.exists():
         shutil.rmtree(out)
     copy.deepcopy(module).to(dtype).save_pretrained(str(out))
+    cfg = out / "config.json"
+    if cfg.is_file():  # diffusers records the folder it loaded from: not a path anyone else has
+        data = json.loads(cfg.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -231,7 +236,7 @@ def cmd_publish(a: argparse.Namespace) -> None:
         raise SystemExit(f"unknown kind {kind}")
     info = {
         "kind": kind,
-        "run": str(run),
+        "run": run.name,  # the folder's name only: where it lay on the training machine is not provenance
         "published": time.strftime("%Y-%m-%d %H:%M:%S"),
         "dtype": a.dtype,
         "git_revision_publish": git_revision(),
@@ -262,7 +267,15 @@ def _first_run_info(run: Path) -> list[dict]:
     if not p.is_file():
         return []
     keep = ("time", "git_revision", "argv", "torch", "diffusers", "torch_threads")
-    return [{k: d.get(k) for k in keep} for d in map(json.loads, p.read_text().splitlines()) if d]
+    out = [{k: d.get(k) for k in keep} for d in map(json.loads, p.read_text().splitlines()) if d]
+    for d in out:  # the command as a user types it: the run folder is theirs to choose
+        d["argv"] = [scrub_run_dir(x) for x in d.get("argv") or []]
+    return out
+
+
+def scrub_run_dir(arg: str) -> str:
+    """``hydra.run.dir=/any/where/name`` -> ``hydra.run.dir=<run dir>``; other arguments unchanged."""
+    return "hydra.run.dir=<run dir>" if arg.startswith("hydra.run.dir=") else arg
 
 
 def _overrides(run: Path) -> list[str] | None:
