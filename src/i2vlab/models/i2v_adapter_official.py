@@ -16,16 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from i2vlab.models.i2v_adapter import (  # noqa: F401
-    TRAINABLE_PATTERN,
-    FirstFrameAttnProcessor,
-    i2v_adapter_processors,
-    i2v_adapter_state_dict,
-    install_i2v_adapter,
-    load_i2v_adapter_state_dict,
-    reset_query_from_to_q,
-    spatial_self_attention_names,
-)
+from i2vlab.models.i2v_adapter import i2v_adapter_processors
 
 
 # ----------------------------------------------------------------------------------------------
