@@ -21,9 +21,10 @@ from i2vlab.models.dynamicrafter import gates_from_state_dict
 def load_tensors(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     if path.is_dir():
         cands = [path / "export" / "trainable.safetensors", path / "checkpoints" / "last.ckpt"]
-        path = next((c for c in cands if c.is_file()), None)
-        if path is None:
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
             raise SystemExit(f"no export/trainable.safetensors or checkpoints/last.ckpt under {path}")
+        path = found
     from i2vlab.utils.safe_load import load_weights
 
     ckpt = load_weights(path, what="weights", trust=trust)

@@ -157,7 +157,6 @@ def test_demo_runs_end_to_end(tmp_path, toy_data):
             "--sample-steps",
             "4",
             "--no-eval",
-            "--no-check",
         ]
     )
     assert rc == 0

@@ -41,8 +41,6 @@ from i2vlab.data.stream import VideoShardDataset  # noqa: F401  (part of this mo
 log = logging.getLogger(__name__)
 
 
-
-
 class VideoDataModule(pl.LightningDataModule):
     """LightningDataModule over train/val shard sets; see ``VideoShardDataset`` for the options.
 

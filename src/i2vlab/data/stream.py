@@ -4,7 +4,6 @@ buffer, frame sampling, decoding (decord; PyAV for files decord rejects), resize
 The data module around it (:mod:`i2vlab.data.datamodule`) splits work over ranks and workers and
 keeps the resume position and the fault totals."""
 
-
 from __future__ import annotations
 
 import json

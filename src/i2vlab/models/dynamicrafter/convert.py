@@ -256,13 +256,9 @@ def load_official_checkpoint(path: str, trust: bool = False) -> dict[str, torch.
     :class:`~i2vlab.utils.safe_load.UnsafeCheckpointError` unless ``trust=True``
     (``backbone.trust_checkpoint=true`` / ``--trust-checkpoint``), since unpickling runs code stored
     in the file. A checkpoint that holds only tensors, strings and numbers loads without it."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from i2vlab.utils.safe_load import load_weights
 
-        return load_file(str(path))
-    from i2vlab.utils.safe_load import load_torch_file
-
-    ckpt = load_torch_file(
+    ckpt = load_weights(
         path, what="DynamiCrafter checkpoint", trust=trust, trust_flag="backbone.trust_checkpoint=true"
     )
     if not isinstance(ckpt, dict):
